@@ -1,0 +1,287 @@
+//! Configuration: what the TOML file says, then the validated [`Settings`] the service runs on.
+//!
+//! Every key is optional. A missing file at the default path means "all defaults"; a file named
+//! with `--config` must exist. Any unknown key or bad value stops start-up with a message that
+//! names the key, before the service tells systemd it is ready.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the service looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/galaxyctl-api/config.toml";
+
+/// The address the Laniakea Dashboard expects the API on.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:5001";
+/// The unit a single-process Galaxy runs as.
+pub const DEFAULT_GALAXY_UNIT: &str = "galaxy.service";
+/// The unit of the reverse proxy in front of Galaxy.
+pub const DEFAULT_NGINX_UNIT: &str = "nginx.service";
+/// How long a probe may wait for the TCP (and TLS) connection.
+pub const DEFAULT_PROBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a whole probe may take, answer included.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause between two probes while waiting for Galaxy to answer after a restart.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one systemd job (the restart of one unit) may take before it is reported stuck.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after the restart Galaxy has to answer before the recovery is declared failed.
+/// A busy production Galaxy can take minutes to start.
+pub const DEFAULT_READINESS_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a galaxy-startup request waits for the outcome before answering "starting".
+/// The dashboard's worker gives up after about 60 seconds; this stays well under it.
+pub const DEFAULT_ANSWER_BUDGET: Duration = Duration::from_secs(40);
+/// How long a D-Bus method call may take before it is treated as failed.
+pub const DEFAULT_BUS_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a graceful shutdown may take before open connections are dropped.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which D-Bus bus carries systemd's manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bus {
+    /// The system bus and the system manager (PID 1): production.
+    System,
+    /// The session bus of a `systemd --user` manager.
+    User,
+}
+
+/// When nginx is restarted along with Galaxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NginxRestart {
+    /// Only when its unit is not active (or when nothing listens at all).
+    WhenInactive,
+    /// Every time Galaxy is restarted, as the original service did.
+    Always,
+}
+
+/// The file as written: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    bus: Option<Bus>,
+    #[serde(default)]
+    galaxy: GalaxySection,
+    #[serde(default)]
+    nginx: NginxSection,
+    #[serde(default)]
+    probe: ProbeSection,
+    #[serde(default)]
+    recovery: RecoverySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GalaxySection {
+    units: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NginxSection {
+    unit: Option<String>,
+    restart: Option<NginxRestart>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeSection {
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    verify_tls: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverySection {
+    #[serde(default, with = "humantime_serde")]
+    job_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    readiness_deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    answer_budget: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    bus_timeout: Option<Duration>,
+}
+
+/// Validated settings: what the rest of the service runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub bus: Bus,
+    /// The Galaxy units, restarted together when Galaxy answers with an error.
+    pub galaxy_units: Vec<String>,
+    pub nginx_unit: String,
+    pub nginx_restart: NginxRestart,
+    pub probe: ProbeSettings,
+    pub recovery: RecoverySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Whether probes check the certificate of an https endpoint. Laniakea hosts often carry a
+    /// self-signed one; turning this off is then the only way to probe them over https.
+    pub verify_tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoverySettings {
+    pub job_timeout: Duration,
+    pub readiness_deadline: Duration,
+    pub answer_budget: Duration,
+    pub bus_timeout: Duration,
+}
+
+/// A configuration that cannot be used, with the key at fault where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Settings {
+    /// Loads the file at `path`. When `explicit` is false and the file does not exist, the
+    /// defaults apply: a host may run the service without writing any configuration.
+    pub fn load(path: &Path, explicit: bool) -> Result<Settings, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Settings::parse(&text, path)
+    }
+
+    /// Parses and validates the text of a configuration file; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+
+        let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("`{listen}` is not an address:port ({e})")))?;
+
+        let galaxy_units = file
+            .galaxy
+            .units
+            .unwrap_or_else(|| vec![DEFAULT_GALAXY_UNIT.to_owned()]);
+        if galaxy_units.is_empty() {
+            return Err(invalid("galaxy.units", "names no unit".to_owned()));
+        }
+        for unit in &galaxy_units {
+            check_unit_name(unit).map_err(|m| invalid("galaxy.units", m))?;
+        }
+        let nginx_unit = file
+            .nginx
+            .unit
+            .unwrap_or_else(|| DEFAULT_NGINX_UNIT.to_owned());
+        check_unit_name(&nginx_unit).map_err(|m| invalid("nginx.unit", m))?;
+        if galaxy_units.contains(&nginx_unit) {
+            return Err(invalid(
+                "nginx.unit",
+                format!("`{nginx_unit}` is also listed in galaxy.units"),
+            ));
+        }
+
+        let positive = |key, value: Duration| {
+            if value.is_zero() {
+                Err(invalid(key, "must be longer than zero".to_owned()))
+            } else {
+                Ok(())
+            }
+        };
+
+        let probe = ProbeSettings {
+            connect_timeout: file
+                .probe
+                .connect_timeout
+                .unwrap_or(DEFAULT_PROBE_CONNECT_TIMEOUT),
+            timeout: file.probe.timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
+            interval: file.probe.interval.unwrap_or(DEFAULT_PROBE_INTERVAL),
+            verify_tls: file.probe.verify_tls.unwrap_or(true),
+        };
+        positive("probe.connect_timeout", probe.connect_timeout)?;
+        positive("probe.timeout", probe.timeout)?;
+        positive("probe.interval", probe.interval)?;
+        if probe.connect_timeout > probe.timeout {
+            return Err(invalid(
+                "probe.connect_timeout",
+                "is longer than probe.timeout".to_owned(),
+            ));
+        }
+
+        let recovery = RecoverySettings {
+            job_timeout: file.recovery.job_timeout.unwrap_or(DEFAULT_JOB_TIMEOUT),
+            readiness_deadline: file
+                .recovery
+                .readiness_deadline
+                .unwrap_or(DEFAULT_READINESS_DEADLINE),
+            answer_budget: file.recovery.answer_budget.unwrap_or(DEFAULT_ANSWER_BUDGET),
+            bus_timeout: file.recovery.bus_timeout.unwrap_or(DEFAULT_BUS_TIMEOUT),
+        };
+        positive("recovery.job_timeout", recovery.job_timeout)?;
+        positive("recovery.readiness_deadline", recovery.readiness_deadline)?;
+        positive("recovery.answer_budget", recovery.answer_budget)?;
+        positive("recovery.bus_timeout", recovery.bus_timeout)?;
+
+        Ok(Settings {
+            listen,
+            bus: file.bus.unwrap_or(Bus::System),
+            galaxy_units,
+            nginx_unit,
+            nginx_restart: file.nginx.restart.unwrap_or(NginxRestart::WhenInactive),
+            probe,
+            recovery,
+        })
+    }
+}
+
+/// Accepts the unit names systemd accepts for services and targets, and nothing that could
+/// smuggle a glob, a path or a template without an instance into a D-Bus call.
+fn check_unit_name(name: &str) -> Result<(), String> {
+    const SUFFIXES: [&str; 2] = [".service", ".target"];
+    let Some(stem) = SUFFIXES.iter().find_map(|s| name.strip_suffix(s)) else {
+        return Err(format!("`{name}` is not a .service or .target unit"));
+    };
+    let valid_chars = stem
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
+    if stem.is_empty() || name.len() > 255 || !valid_chars || stem.ends_with('@') {
+        return Err(format!("`{name}` is not a valid unit name"));
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Telling systemd how the service is doing: READY=1, STATUS=, WATCHDOG=1, STOPPING=1.
+//!
+//! Outside a `Type=notify` unit (no `NOTIFY_SOCKET`) every call is a no-op, so the same code
+//! runs from a terminal. A failed notification is logged and never stops the service.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use sd_notify::NotifyState;
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Tells systemd the service is ready, with its first status line.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// Tells systemd the service is shutting down.
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("Shutting down")]);
+}
+
+/// The watchdog interval systemd asked for (`WatchdogSec=`), if any.
+pub fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
+}
+
+/// Feeds the watchdog at half its interval for as long as the runtime runs the task: a
+/// runtime that no longer schedules tasks stops feeding it, and systemd restarts the service.
+pub fn spawn_watchdog(interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval / 2);
+        loop {
+            ticks.tick().await;
+            send(&[NotifyState::Watchdog]);
+        }
+    })
+}
+
+/// The line `systemctl status galaxyctl-api` shows: where the service listens, the last
+/// check of Galaxy and any recovery under way or just finished.
+#[derive(Debug)]
+pub struct StatusLine {
+    listening: String,
+    parts: Mutex<Parts>,
+}
+
+#[derive(Debug, Default)]
+struct Parts {
+    last_check: Option<String>,
+    recovery: Option<String>,
+}
+
+impl StatusLine {
+    pub fn new(listening: String) -> StatusLine {
+        StatusLine {
+            listening,
+            parts: Mutex::new(Parts::default()),
+        }
+    }
+
+    /// The current text.
+    pub fn text(&self) -> String {
+        let parts = self
+            .parts
+            .lock()
+            .expect("status lock is never held across a panic");
+        let mut text = self.listening.clone();
+        if let Some(check) = &parts.last_check {
+            text.push_str("; last check ");
+            text.push_str(check);
+        }
+        if let Some(recovery) = &parts.recovery {
+            text.push_str("; ");
+            text.push_str(recovery);
+        }
+        text
+    }
+
+    /// Records the outcome of a probe, such as `online (HTTP 200)`.
+    pub fn checked(&self, outcome: &str) {
+        let stamp = humantime::format_rfc3339_seconds(SystemTime::now());
+        self.update(|p| p.last_check = Some(format!("{stamp}: {outcome}")));
+    }
+
+    /// Records what the recovery is doing or how it ended.
+    pub fn recovery(&self, text: String) {
+        self.update(|p| p.recovery = Some(text));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Parts)) {
+        change(
+            &mut self
+                .parts
+                .lock()
+                .expect("status lock is never held across a panic"),
+        );
+        send(&[NotifyState::Status(&self.text())]);
+    }
+}
