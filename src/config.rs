@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use url::Url;
 
 /// Where the service looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/galaxyctl-api/config.toml";
@@ -35,6 +36,19 @@ pub const DEFAULT_READINESS_DEADLINE: Duration = Duration::from_secs(600);
 pub const DEFAULT_ANSWER_BUDGET: Duration = Duration::from_secs(40);
 /// How long a D-Bus method call may take before it is treated as failed.
 pub const DEFAULT_BUS_TIMEOUT: Duration = Duration::from_secs(25);
+/// The Galaxy URLs a request may name when none are configured: Galaxy behind nginx on the
+/// same host.
+pub const DEFAULT_GALAXY_URLS: [&str; 2] = ["http://localhost/galaxy", "http://127.0.0.1/galaxy"];
+/// Where `token` mode reads its tokens.
+pub const DEFAULT_TOKENS_FILE: &str = "/etc/galaxyctl-api/tokens";
+/// How far `exp` and `nbf` of an OIDC token may be off, for clocks that differ a little.
+pub const DEFAULT_AUTH_LEEWAY: Duration = Duration::from_secs(60);
+/// At most this many recoveries may start within [`DEFAULT_RECOVERY_WINDOW`].
+pub const DEFAULT_MAX_RECOVERIES: u32 = 3;
+pub const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(900);
+/// After a failed recovery, no new one starts for this long: a Galaxy in a crash loop is
+/// reported, not hammered.
+pub const DEFAULT_FAILURE_COOLDOWN: Duration = Duration::from_secs(120);
 /// How long a graceful shutdown may take before open connections are dropped.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +72,18 @@ pub enum NginxRestart {
     Always,
 }
 
+/// How callers of the routes that can restart units are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// OIDC access tokens (JWT) from trusted issuers, as the Laniakea Dashboard sends.
+    Oidc,
+    /// Static bearer tokens from a file only the service can read.
+    Token,
+    /// No authentication at all; only when written explicitly.
+    None,
+}
+
 /// The file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,12 +98,36 @@ struct FileConfig {
     probe: ProbeSection,
     #[serde(default)]
     recovery: RecoverySection,
+    #[serde(default)]
+    auth: AuthSection,
+    #[serde(default)]
+    tls: TlsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    mode: Option<AuthMode>,
+    issuers: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
+    audiences: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    leeway: Option<Duration>,
+    tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GalaxySection {
     units: Option<Vec<String>>,
+    urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +160,11 @@ struct RecoverySection {
     answer_budget: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     bus_timeout: Option<Duration>,
+    max_recoveries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    failure_cooldown: Option<Duration>,
 }
 
 /// Validated settings: what the rest of the service runs on.
@@ -119,10 +174,35 @@ pub struct Settings {
     pub bus: Bus,
     /// The Galaxy units, restarted together when Galaxy answers with an error.
     pub galaxy_units: Vec<String>,
+    /// The URLs a request's endpoint must fall under: nothing else is ever probed.
+    pub galaxy_urls: Vec<Url>,
     pub nginx_unit: String,
     pub nginx_restart: NginxRestart,
     pub probe: ProbeSettings,
     pub recovery: RecoverySettings,
+    pub auth: AuthSettings,
+    /// Certificate chain and private key (PEM) when the API is served over https.
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// Trusted OIDC issuers (`iss`), each with a discovery document under
+    /// `/.well-known/openid-configuration`.
+    pub issuers: Vec<String>,
+    /// When set, only these OIDC subjects (`sub`) may cause restarts.
+    pub subjects: Option<Vec<String>>,
+    /// When set, an OIDC token's `aud` must name one of these.
+    pub audiences: Option<Vec<String>>,
+    pub leeway: Duration,
+    pub tokens_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +221,11 @@ pub struct RecoverySettings {
     pub readiness_deadline: Duration,
     pub answer_budget: Duration,
     pub bus_timeout: Duration,
+    /// At most this many recoveries start within `window`.
+    pub max_recoveries: u32,
+    pub window: Duration,
+    /// No recovery starts this long after a failed one.
+    pub failure_cooldown: Duration,
 }
 
 /// A configuration that cannot be used, with the key at fault where there is one.
@@ -252,11 +337,79 @@ impl Settings {
                 .unwrap_or(DEFAULT_READINESS_DEADLINE),
             answer_budget: file.recovery.answer_budget.unwrap_or(DEFAULT_ANSWER_BUDGET),
             bus_timeout: file.recovery.bus_timeout.unwrap_or(DEFAULT_BUS_TIMEOUT),
+            max_recoveries: file
+                .recovery
+                .max_recoveries
+                .unwrap_or(DEFAULT_MAX_RECOVERIES),
+            window: file.recovery.window.unwrap_or(DEFAULT_RECOVERY_WINDOW),
+            failure_cooldown: file
+                .recovery
+                .failure_cooldown
+                .unwrap_or(DEFAULT_FAILURE_COOLDOWN),
         };
         positive("recovery.job_timeout", recovery.job_timeout)?;
         positive("recovery.readiness_deadline", recovery.readiness_deadline)?;
         positive("recovery.answer_budget", recovery.answer_budget)?;
         positive("recovery.bus_timeout", recovery.bus_timeout)?;
+        positive("recovery.window", recovery.window)?;
+        if recovery.max_recoveries == 0 {
+            return Err(invalid(
+                "recovery.max_recoveries",
+                "must be at least 1".to_owned(),
+            ));
+        }
+
+        let galaxy_urls = match file.galaxy.urls {
+            Some(urls) => urls,
+            None => DEFAULT_GALAXY_URLS.iter().map(|u| u.to_string()).collect(),
+        };
+        if galaxy_urls.is_empty() {
+            return Err(invalid("galaxy.urls", "names no URL".to_owned()));
+        }
+        let galaxy_urls = galaxy_urls
+            .iter()
+            .map(|u| parse_galaxy_url(u).map_err(|m| invalid("galaxy.urls", m)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let auth = AuthSettings {
+            mode: file.auth.mode.unwrap_or(AuthMode::Oidc),
+            issuers: file.auth.issuers.unwrap_or_default(),
+            subjects: file.auth.subjects,
+            audiences: file.auth.audiences,
+            leeway: file.auth.leeway.unwrap_or(DEFAULT_AUTH_LEEWAY),
+            tokens_file: file
+                .auth
+                .tokens_file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKENS_FILE)),
+        };
+        if auth.mode == AuthMode::Oidc {
+            if auth.issuers.is_empty() {
+                return Err(invalid(
+                    "auth.issuers",
+                    "names no trusted OIDC issuer; list the dashboard's identity provider, \
+                     or choose another auth.mode"
+                        .to_owned(),
+                ));
+            }
+            for issuer in &auth.issuers {
+                let url = Url::parse(issuer).map_err(|e| {
+                    invalid("auth.issuers", format!("`{issuer}` is not a URL ({e})"))
+                })?;
+                if url.scheme() != "https" && !is_loopback(&url) {
+                    return Err(invalid(
+                        "auth.issuers",
+                        format!("`{issuer}` must be an https URL"),
+                    ));
+                }
+            }
+        }
+
+        let tls = match (file.tls.certificate, file.tls.key) {
+            (Some(certificate), Some(key)) => Some(TlsSettings { certificate, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls.key", "is missing".to_owned())),
+            (None, Some(_)) => return Err(invalid("tls.certificate", "is missing".to_owned())),
+        };
 
         Ok(Settings {
             listen,
@@ -264,9 +417,33 @@ impl Settings {
             galaxy_units,
             nginx_unit,
             nginx_restart: file.nginx.restart.unwrap_or(NginxRestart::WhenInactive),
+            galaxy_urls,
             probe,
             recovery,
+            auth,
+            tls,
         })
+    }
+}
+
+/// A Galaxy URL from the configuration: http(s), a host, no credentials, no query.
+fn parse_galaxy_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("`{text}` is not an http or https URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+        return Err(format!("`{text}` must not carry credentials or a query"));
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

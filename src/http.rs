@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,19 +22,18 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 use url::Url;
 
+use crate::auth::{bearer_token, AuthError, Authenticator, Identity};
 use crate::config::Settings;
+use crate::endpoint::{self, EndpointError};
 use crate::notify::StatusLine;
 use crate::probe::{Prober, Verdict};
-use crate::recovery::{new_id, Failure, Progress, Recovery, Report, Ticket};
+use crate::recovery::{new_id, Failure, Progress, Recovery, Report, Throttled, Ticket};
 
 /// The API's path prefix, as the dashboard calls it.
 pub const PREFIX: &str = "/galaxyctl_api/v1.0";
 
 /// The largest request body accepted; the dashboard's is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// The longest endpoint URL accepted.
-const MAX_ENDPOINT_LEN: usize = 2048;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -42,13 +42,19 @@ pub struct AppState {
     pub prober: Prober,
     pub recovery: Arc<Recovery>,
     pub status: Arc<StatusLine>,
+    pub auth: Arc<Authenticator>,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    // Everything that can cause a restart sits behind authentication; what only reads does not.
+    let protected = Router::new()
         .route("/galaxy-startup", post(galaxy_startup))
-        .route("/info", get(info));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_caller,
+        ));
+    let api = Router::new().route("/info", get(info)).merge(protected);
     Router::new()
         .nest(PREFIX, api)
         .fallback(not_found)
@@ -89,6 +95,10 @@ pub enum ApiError {
     BadBody(String),
     InvalidJson(String),
     InvalidEndpoint(String),
+    EndpointNotAllowed,
+    Auth(AuthError),
+    /// A recovery would be due, but the restart budget says not now.
+    Throttled(Throttled),
     NotFound,
     MethodNotAllowed,
     /// Galaxy could not be brought back.
@@ -130,6 +140,36 @@ impl ApiError {
                 "invalid_endpoint",
                 m.clone(),
             ),
+            EndpointNotAllowed => (
+                StatusCode::FORBIDDEN,
+                Galaxy::Unknown,
+                "endpoint_not_allowed",
+                "`endpoint` is not a Galaxy URL this service manages".to_owned(),
+            ),
+            Auth(e @ AuthError::Forbidden(_)) => (
+                StatusCode::FORBIDDEN,
+                Galaxy::Unknown,
+                e.code(),
+                e.to_string(),
+            ),
+            Auth(e @ AuthError::Unavailable(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Galaxy::Unknown,
+                e.code(),
+                "the caller's token cannot be checked right now".to_owned(),
+            ),
+            Auth(e) => (
+                StatusCode::UNAUTHORIZED,
+                Galaxy::Unknown,
+                e.code(),
+                e.to_string(),
+            ),
+            Throttled(t) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Galaxy::Unavailable,
+                t.code(),
+                t.to_string(),
+            ),
             NotFound => (
                 StatusCode::NOT_FOUND,
                 Galaxy::Unknown,
@@ -166,18 +206,85 @@ impl ApiError {
     /// The answer's JSON body, to which a handler may add fields.
     fn body(&self) -> (StatusCode, Value) {
         let (status, galaxy, code, message) = self.parts();
-        let body = json!({
+        let mut body = json!({
             "galaxy": galaxy.as_str(),
             "error": { "code": code, "message": message },
         });
+        if let ApiError::Throttled(t) = self {
+            body["retry_after_s"] = json!(t.retry_after_secs());
+        }
         (status, body)
+    }
+
+    /// Headers the status calls for: `WWW-Authenticate` with a 401, `Retry-After` with a 429.
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        match self {
+            ApiError::Auth(AuthError::Missing) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"galaxyctl-api\""),
+                );
+            }
+            ApiError::Auth(AuthError::Invalid(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"galaxyctl-api\", error=\"invalid_token\"",
+                    ),
+                );
+            }
+            ApiError::Auth(AuthError::Forbidden(_)) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"galaxyctl-api\", error=\"insufficient_scope\"",
+                    ),
+                );
+            }
+            ApiError::Throttled(t) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after_secs()));
+            }
+            _ => {}
+        }
+        headers
+    }
+
+    /// The response, with `extra` fields added to the body.
+    fn respond(&self, extra: &[(&str, Value)]) -> Response {
+        let (status, mut body) = self.body();
+        for (key, value) in extra {
+            body[*key] = value.clone();
+        }
+        (status, self.headers(), Json(body)).into_response()
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = self.body();
-        (status, Json(body)).into_response()
+        self.respond(&[])
+    }
+}
+
+/// Lets a request through only with credentials the configured mode accepts. A refused
+/// request is logged with the reason, never with its token, and goes no further: nothing is
+/// parsed, probed or restarted for it.
+async fn require_caller(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    match app.auth.authenticate(bearer).await {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(error) => {
+            tracing::warn!(path = request.uri().path(), error = error.code(), reason = %error,
+                "request refused");
+            ApiError::Auth(error).into_response()
+        }
     }
 }
 
@@ -214,17 +321,21 @@ struct StartupRequest {
 /// `POST /galaxy-startup`: answers whether Galaxy is online, bringing it back first if not.
 async fn galaxy_startup(
     State(app): State<AppState>,
+    caller: Option<axum::Extension<Identity>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = new_id();
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let (status, mut body) = match startup(&app, &headers, body).instrument(span).await {
-        Ok(answer) => answer,
-        Err(error) => error.body(),
-    };
-    body["request_id"] = Value::String(request_id);
-    (status, Json(body)).into_response()
+    let subject = caller.map(|c| c.0.subject).unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %request_id, caller = %subject);
+    let id = ("request_id", Value::String(request_id.clone()));
+    match startup(&app, &headers, body).instrument(span).await {
+        Ok((status, mut body)) => {
+            body[id.0] = id.1;
+            (status, Json(body)).into_response()
+        }
+        Err(error) => error.respond(&[id]),
+    }
 }
 
 async fn startup(
@@ -232,7 +343,7 @@ async fn startup(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let url = parse_startup(headers, body)?;
+    let url = parse_startup(headers, body, &app.settings.galaxy_urls)?;
 
     let probed_at = Instant::now();
     let probe = app.prober.probe(&url).await;
@@ -256,7 +367,14 @@ async fn startup(
         Verdict::Refused { .. } | Verdict::Unhealthy { .. } => {}
     }
 
-    let (ticket, mut progress) = app.recovery.join_or_start(&url, probe, probed_at);
+    let (ticket, mut progress) =
+        app.recovery
+            .join_or_start(&url, probe, probed_at)
+            .map_err(|throttled| {
+                tracing::warn!(reason = %throttled, retry_after_s = throttled.retry_after_secs(),
+                "recovery not started");
+                ApiError::Throttled(throttled)
+            })?;
     if ticket != Ticket::Started {
         tracing::info!(ticket = ?ticket, "waiting on the recovery under way");
     }
@@ -312,6 +430,7 @@ fn answer(url: &Url, report: &Report) -> Result<(StatusCode, Value), ApiError> {
 fn parse_startup(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    galaxy_urls: &[Url],
 ) -> Result<Url, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -339,24 +458,11 @@ fn parse_startup(
             "`endpoint` must be a string".to_owned(),
         ));
     };
-    parse_endpoint(&endpoint)
-}
-
-/// Accepts an absolute http(s) URL with a host and without credentials.
-pub fn parse_endpoint(endpoint: &str) -> Result<Url, ApiError> {
-    let invalid = |why: &str| ApiError::InvalidEndpoint(format!("`endpoint` {why}"));
-    if endpoint.len() > MAX_ENDPOINT_LEN {
-        return Err(invalid("is too long"));
-    }
-    let url = Url::parse(endpoint).map_err(|e| invalid(&format!("is not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("must be an http or https URL"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("must not carry credentials"));
-    }
-    Ok(url)
+    endpoint::check(&endpoint, galaxy_urls).map_err(|e| match e {
+        EndpointError::Invalid(_) => ApiError::InvalidEndpoint(e.to_string()),
+        EndpointError::NotAllowed => {
+            tracing::warn!(endpoint = %endpoint, "endpoint refused");
+            ApiError::EndpointNotAllowed
+        }
+    })
 }

@@ -6,6 +6,7 @@
 //! recovery runs in its own task, so it carries on (and logs its outcome) after the requests
 //! that wait for it have answered "starting".
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -162,6 +163,58 @@ pub enum Progress {
     Finished(Arc<Report>),
 }
 
+/// Why no new recovery starts now, and when one may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Throttled {
+    /// The last recovery failed a short while ago: a Galaxy that fails to start (a crash
+    /// loop, systemd's `start-limit-hit`) is reported, not hammered.
+    CoolingDown {
+        retry_after: Duration,
+        last_failure: String,
+    },
+    /// The configured number of recoveries already started within the window.
+    BudgetSpent {
+        retry_after: Duration,
+        max: u32,
+        window: Duration,
+    },
+}
+
+impl Throttled {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Throttled::CoolingDown { .. } => "cooling_down",
+            Throttled::BudgetSpent { .. } => "too_many_recoveries",
+        }
+    }
+
+    /// Whole seconds to wait, rounded up, at least one.
+    pub fn retry_after_secs(&self) -> u64 {
+        let (Throttled::CoolingDown { retry_after, .. }
+        | Throttled::BudgetSpent { retry_after, .. }) = self;
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        secs.max(1)
+    }
+}
+
+impl fmt::Display for Throttled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Throttled::CoolingDown { last_failure, .. } => write!(
+                f,
+                "the last recovery failed ({last_failure}); no new one starts for {}s",
+                self.retry_after_secs()
+            ),
+            Throttled::BudgetSpent { max, window, .. } => write!(
+                f,
+                "{max} recoveries already started within {}s; the next may start in {}s",
+                window.as_secs(),
+                self.retry_after_secs()
+            ),
+        }
+    }
+}
+
 /// How a request came to wait on a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ticket {
@@ -182,12 +235,51 @@ struct Plan {
     probe_interval: Duration,
     probe_timeout: Duration,
     readiness_deadline: Duration,
+    max_recoveries: u32,
+    window: Duration,
+    failure_cooldown: Duration,
 }
 
 #[derive(Debug, Default)]
 struct Flights {
     current: Option<watch::Receiver<Progress>>,
     last: Option<(Instant, Arc<Report>)>,
+    /// When the recoveries within the window started, oldest first.
+    starts: VecDeque<Instant>,
+}
+
+impl Flights {
+    /// Whether the restart budget allows a new recovery now.
+    fn admit(&mut self, plan: &Plan, now: Instant) -> Result<(), Throttled> {
+        if let Some((ended, report)) = &self.last {
+            if let Err(failure) = &report.outcome {
+                let until = *ended + plan.failure_cooldown;
+                if now < until {
+                    return Err(Throttled::CoolingDown {
+                        retry_after: until - now,
+                        last_failure: failure.to_string(),
+                    });
+                }
+            }
+        }
+        while self
+            .starts
+            .front()
+            .is_some_and(|start| now.duration_since(*start) >= plan.window)
+        {
+            self.starts.pop_front();
+        }
+        if self.starts.len() >= plan.max_recoveries as usize {
+            let oldest = self.starts[0];
+            return Err(Throttled::BudgetSpent {
+                retry_after: (oldest + plan.window).saturating_duration_since(now),
+                max: plan.max_recoveries,
+                window: plan.window,
+            });
+        }
+        self.starts.push_back(now);
+        Ok(())
+    }
 }
 
 /// Runs recoveries, one at a time.
@@ -216,6 +308,9 @@ impl Recovery {
                 probe_interval: settings.probe.interval,
                 probe_timeout: settings.probe.timeout,
                 readiness_deadline: settings.recovery.readiness_deadline,
+                max_recoveries: settings.recovery.max_recoveries,
+                window: settings.recovery.window,
+                failure_cooldown: settings.recovery.failure_cooldown,
             },
             status,
             flights: Mutex::new(Flights::default()),
@@ -223,26 +318,27 @@ impl Recovery {
     }
 
     /// Waits on the running recovery, or on the one that ended since `probed_at`, or starts
-    /// one for `url` given the `probe` that found Galaxy down.
+    /// one for `url` given the `probe` that found Galaxy down, if the restart budget allows.
     pub fn join_or_start(
         self: &Arc<Self>,
         url: &Url,
         probe: Probe,
         probed_at: Instant,
-    ) -> (Ticket, watch::Receiver<Progress>) {
+    ) -> Result<(Ticket, watch::Receiver<Progress>), Throttled> {
         let mut flights = self
             .flights
             .lock()
             .expect("flights lock is never held across a panic");
         if let Some(current) = &flights.current {
-            return (Ticket::Joined, current.clone());
+            return Ok((Ticket::Joined, current.clone()));
         }
         if let Some((ended, report)) = &flights.last {
             if *ended > probed_at {
                 let (_, rx) = watch::channel(Progress::Finished(report.clone()));
-                return (Ticket::Finished, rx);
+                return Ok((Ticket::Finished, rx));
             }
         }
+        flights.admit(&self.plan, Instant::now())?;
 
         let id = new_id();
         let (tx, rx) = watch::channel(Progress::Running {
@@ -262,7 +358,7 @@ impl Recovery {
             tx,
         };
         tokio::spawn(flight.run(probe).instrument(span));
-        (Ticket::Started, rx)
+        Ok((Ticket::Started, rx))
     }
 
     /// The outcome of the last recovery, if one ran.

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{Bus, Settings, DEFAULT_SHUTDOWN_TIMEOUT};
+use crate::auth::Authenticator;
+use crate::config::{AuthMode, Bus, Settings, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::http::{router, AppState};
+use crate::listener::{self, Origin};
 use crate::notify::{self, StatusLine};
 use crate::probe::Prober;
 use crate::recovery::Recovery;
@@ -19,6 +20,17 @@ use crate::systemd::Systemd;
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
+
+    // What needs no one else comes first, so a bad file fails before anything is opened.
+    let auth = Authenticator::new(&settings.auth).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+    if settings.auth.mode == AuthMode::None {
+        tracing::warn!("auth.mode is \"none\": anyone who reaches the port can restart Galaxy");
+    }
+    let tls = match &settings.tls {
+        Some(tls) => Some(listener::tls_acceptor(&tls.certificate, &tls.key)?),
+        None => None,
+    };
+    let prober = Prober::new(&settings.probe).context("cannot build the HTTP client")?;
 
     let systemd = Systemd::connect(
         settings.bus,
@@ -35,14 +47,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let version = systemd.version().await.context("systemd does not answer")?;
     tracing::info!(bus = bus_name(settings.bus), systemd_version = %version, "connected to systemd");
 
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let (listener, origin) = listener::listen(settings.listen).await?;
     let local = listener.local_addr().context("listener has no address")?;
 
-    let prober = Prober::new(&settings.probe).context("cannot build the HTTP client")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let activated = if origin == Origin::Activated {
+        " (socket activated)"
+    } else {
+        ""
+    };
     let status = Arc::new(StatusLine::new(format!(
-        "Listening on {local}, systemd on the {} bus",
+        "Listening on {scheme}://{local}{activated}, systemd on the {} bus",
         bus_name(settings.bus)
     )));
     let recovery = Arc::new(Recovery::new(
@@ -56,6 +71,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         prober,
         recovery,
         status: status.clone(),
+        auth: Arc::new(auth),
     });
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -63,16 +79,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let watchdog = notify::watchdog_interval().map(notify::spawn_watchdog);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(listener::serve(
+        listener,
+        tls,
+        app,
+        async {
+            let _ = stop_rx.await;
+        },
+        DEFAULT_SHUTDOWN_TIMEOUT,
+    ));
 
-    tracing::info!(listen = %local, galaxy_units = ?settings.galaxy_units,
-        nginx_unit = %settings.nginx_unit, "ready");
+    tracing::info!(listen = %local, scheme, socket_activated = origin == Origin::Activated,
+        galaxy_units = ?settings.galaxy_units, nginx_unit = %settings.nginx_unit, "ready");
     notify::ready(&status.text());
 
     tokio::select! {
@@ -87,15 +105,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Requests under way get their answer; a recovery under way is systemd's job by now and
     // its units carry on without us.
     let _ = stop_tx.send(());
-    match tokio::time::timeout(DEFAULT_SHUTDOWN_TIMEOUT, server).await {
-        Ok(joined) => joined
-            .context("server task failed")?
-            .context("server failed")?,
-        Err(_) => tracing::warn!(
-            timeout_s = DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
-            "requests still open at shutdown were dropped"
-        ),
-    }
+    server.await.context("server task failed")?;
     tracing::info!("stopped");
     Ok(())
 }
