@@ -25,6 +25,7 @@ use url::Url;
 use crate::auth::{bearer_token, AuthError, Authenticator, Identity};
 use crate::config::Settings;
 use crate::endpoint::{self, EndpointError};
+use crate::logging::message_id;
 use crate::notify::StatusLine;
 use crate::probe::{Prober, Verdict};
 use crate::recovery::{new_id, Failure, Progress, Recovery, Report, Throttled, Ticket};
@@ -281,7 +282,8 @@ async fn require_caller(State(app): State<AppState>, mut request: Request, next:
             next.run(request).await
         }
         Err(error) => {
-            tracing::warn!(path = request.uri().path(), error = error.code(), reason = %error,
+            tracing::warn!(message_id = message_id::REQUEST_REFUSED, path = request.uri().path(),
+                error = error.code(), reason = %error,
                 "request refused");
             ApiError::Auth(error).into_response()
         }
@@ -371,8 +373,9 @@ async fn startup(
         app.recovery
             .join_or_start(&url, probe, probed_at)
             .map_err(|throttled| {
-                tracing::warn!(reason = %throttled, retry_after_s = throttled.retry_after_secs(),
-                "recovery not started");
+                tracing::warn!(message_id = message_id::REQUEST_REFUSED, error = throttled.code(),
+                reason = %throttled, retry_after_s = throttled.retry_after_secs(),
+                "request refused");
                 ApiError::Throttled(throttled)
             })?;
     if ticket != Ticket::Started {
@@ -461,7 +464,8 @@ fn parse_startup(
     endpoint::check(&endpoint, galaxy_urls).map_err(|e| match e {
         EndpointError::Invalid(_) => ApiError::InvalidEndpoint(e.to_string()),
         EndpointError::NotAllowed => {
-            tracing::warn!(endpoint = %endpoint, "endpoint refused");
+            tracing::warn!(message_id = message_id::REQUEST_REFUSED,
+                error = "endpoint_not_allowed", endpoint = %endpoint, "request refused");
             ApiError::EndpointNotAllowed
         }
     })

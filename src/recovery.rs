@@ -19,6 +19,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::{NginxRestart, Settings};
+use crate::logging::message_id;
 use crate::notify::StatusLine;
 use crate::probe::{Probe, Prober, Verdict};
 use crate::systemd::{JobOutcome, Systemd, SystemdError, UnitState};
@@ -383,7 +384,8 @@ struct Flight {
 
 impl Flight {
     async fn run(mut self, probe: Probe) {
-        tracing::info!(endpoint = %self.url, verdict = %probe.verdict, "recovery started");
+        tracing::info!(message_id = message_id::RECOVERY_STARTED, endpoint = %self.url,
+            verdict = %probe.verdict, "recovery started");
         let outcome = self.recover(probe).await;
         let duration = self.started.elapsed();
         let duration_ms = duration.as_millis() as u64;
@@ -394,14 +396,21 @@ impl Flight {
         let stamp = humantime::format_rfc3339_seconds(SystemTime::now());
         match &outcome {
             Ok(()) => {
-                tracing::info!(units, duration_ms, outcome = "online", "recovery finished");
+                tracing::info!(
+                    message_id = message_id::RECOVERY_FINISHED,
+                    units,
+                    duration_ms,
+                    outcome = "online",
+                    "recovery finished"
+                );
                 status.recovery(format!(
                     "recovery {stamp}: Galaxy back after {}s",
                     duration.as_secs()
                 ));
             }
             Err(failure) => {
-                tracing::error!(units, duration_ms, outcome = "unavailable", error = failure.code(),
+                tracing::error!(message_id = message_id::RECOVERY_FAILED, units, duration_ms,
+                    outcome = "unavailable", error = failure.code(),
                     reason = %failure, "recovery failed");
                 status.recovery(format!("recovery {stamp} failed: {failure}"));
             }
@@ -491,7 +500,8 @@ impl Flight {
             .status
             .recovery(format!("restarting {}", units.join(", ")));
         for unit in units {
-            tracing::info!(unit = %unit, "restart requested");
+            tracing::info!(message_id = message_id::RESTART_REQUESTED, unit = %unit,
+                "restart requested");
         }
         self.tx.send_modify(|progress| {
             if let Progress::Running { restarting, .. } = progress {
@@ -511,7 +521,8 @@ impl Flight {
             };
             let failure = match job {
                 Ok(job) => {
-                    tracing::info!(unit = %unit, job = %job.job, job_result = %job.result,
+                    tracing::info!(message_id = message_id::JOB_FINISHED, unit = %unit,
+                        job = %job.job, job_result = %job.result,
                         "job finished");
                     let failure = self.check_unit(unit, &job, &mut report).await;
                     report.job = Some(job);
