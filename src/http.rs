@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -55,7 +56,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_caller,
         ));
-    let api = Router::new().route("/info", get(info)).merge(protected);
+    let api = Router::new()
+        .route("/info", get(info))
+        .route("/status", get(status))
+        .merge(protected);
     Router::new()
         .nest(PREFIX, api)
         .fallback(not_found)
@@ -311,6 +315,54 @@ async fn info(State(app): State<AppState>) -> Json<Value> {
         },
         "status": app.status.text(),
     }))
+}
+
+/// `GET /status`: the last probe, each managed unit's state read live from systemd, and the
+/// last recovery.
+async fn status(State(app): State<AppState>) -> Response {
+    let control = app.recovery.units().clone();
+    let names = app.recovery.managed_units();
+    let states = join_all(names.iter().map(|unit| control.unit_state(unit))).await;
+    let units: Vec<Value> = names
+        .iter()
+        .zip(states)
+        .map(|(unit, state)| match state {
+            Ok(state) => json!(state),
+            Err(e) => json!({ "unit": unit, "error": e.to_string() }),
+        })
+        .collect();
+
+    let last_probe = app.prober.last();
+    let running = app.recovery.running();
+    let galaxy = match (&running, &last_probe) {
+        (Some(_), _) => Galaxy::Starting,
+        (None, Some(probe)) if probe.online => Galaxy::Online,
+        (None, Some(_)) => Galaxy::Unavailable,
+        (None, None) => Galaxy::Unknown,
+    };
+    let last_recovery = app.recovery.last().map(|report| {
+        let mut recovery = json!({
+            "id": report.id,
+            "finished_at": humantime::format_rfc3339_seconds(report.finished_at).to_string(),
+            "outcome": if report.outcome.is_ok() { "online" } else { "unavailable" },
+            "duration_ms": report.duration.as_millis() as u64,
+            "units": report.units,
+        });
+        if let Err(failure) = &report.outcome {
+            recovery["error"] = json!({ "code": failure.code(), "message": failure.to_string() });
+        }
+        recovery
+    });
+
+    Json(json!({
+        "galaxy": galaxy.as_str(),
+        "last_probe": last_probe,
+        "units": units,
+        "recovery_running": running.map(|(id, restarting)| json!({ "id": id, "restarting": restarting })),
+        "last_recovery": last_recovery,
+        "status": app.status.text(),
+    }))
+    .into_response()
 }
 
 /// The body of a galaxy-startup request. Fields other than `endpoint` are ignored, so that a

@@ -114,6 +114,10 @@ mod tests {
             assert_eq!(id.len(), 32, "{id} is not 128 bits in hex");
             assert!(in_catalog.contains(&id), "{id} is missing from the catalog");
         }
-        assert_eq!(in_catalog.len(), ids.len(), "the catalog explains unknown ids");
+        assert_eq!(
+            in_catalog.len(),
+            ids.len(),
+            "the catalog explains unknown ids"
+        );
     }
 }

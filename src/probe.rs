@@ -7,7 +7,8 @@
 
 use std::error::Error as _;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
@@ -68,10 +69,25 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// Probes Galaxy over HTTP(S). Cheap to clone; clones share one connection pool.
+/// The last probe, as `GET /status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeRecord {
+    /// When the probe ended (RFC 3339).
+    pub at: String,
+    pub endpoint: String,
+    pub online: bool,
+    pub verdict: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    pub latency_ms: u64,
+}
+
+/// Probes Galaxy over HTTP(S). Cheap to clone; clones share one client and one record of
+/// the last probe.
 #[derive(Debug, Clone)]
 pub struct Prober {
     client: reqwest::Client,
+    last: Arc<Mutex<Option<ProbeRecord>>>,
 }
 
 impl Prober {
@@ -89,7 +105,10 @@ impl Prober {
             // before a restart and tell nothing about now.
             .pool_max_idle_per_host(0)
             .build()?;
-        Ok(Prober { client })
+        Ok(Prober {
+            client,
+            last: Arc::default(),
+        })
     }
 
     /// GETs `url` (Galaxy's API answers 404 to HEAD) and judges the answer by its status
@@ -100,10 +119,31 @@ impl Prober {
             Ok(response) => judge(response.status()),
             Err(e) => classify(&e),
         };
-        Probe {
+        let probe = Probe {
             verdict,
             duration: started.elapsed(),
-        }
+        };
+        let record = ProbeRecord {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            endpoint: url.to_string(),
+            online: probe.is_online(),
+            verdict: probe.verdict.to_string(),
+            http_status: probe.http_status(),
+            latency_ms: probe.duration.as_millis() as u64,
+        };
+        *self
+            .last
+            .lock()
+            .expect("probe record lock is never held across a panic") = Some(record);
+        probe
+    }
+
+    /// The last probe made by this prober or its clones.
+    pub fn last(&self) -> Option<ProbeRecord> {
+        self.last
+            .lock()
+            .expect("probe record lock is never held across a panic")
+            .clone()
     }
 }
 

@@ -362,6 +362,31 @@ impl Recovery {
         Ok((Ticket::Started, rx))
     }
 
+    /// The systemd side, for reading the managed units' state.
+    pub fn units(&self) -> &Arc<dyn UnitControl> {
+        &self.control
+    }
+
+    /// Every unit a recovery may restart: the Galaxy units, then nginx.
+    pub fn managed_units(&self) -> Vec<String> {
+        let mut units = self.plan.galaxy_units.clone();
+        units.push(self.plan.nginx_unit.clone());
+        units
+    }
+
+    /// The recovery under way, if any: its id and the units restarted so far.
+    pub fn running(&self) -> Option<(String, Vec<String>)> {
+        let flights = self
+            .flights
+            .lock()
+            .expect("flights lock is never held across a panic");
+        let progress = flights.current.as_ref()?.borrow().clone();
+        match progress {
+            Progress::Running { id, restarting } => Some((id, restarting)),
+            Progress::Finished(_) => None,
+        }
+    }
+
     /// The outcome of the last recovery, if one ran.
     pub fn last(&self) -> Option<Arc<Report>> {
         let flights = self

@@ -104,6 +104,15 @@ pub struct UnitState {
     pub result: Option<String>,
     /// The invocation id in hex; empty while the unit never ran.
     pub invocation_id: String,
+    /// When the unit last changed state (RFC 3339), if it ever did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The service's main process, if it has one now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_pid: Option<u32>,
+    /// How often systemd restarted the service on its own (`Restart=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_restarts: Option<u32>,
 }
 
 impl UnitState {
@@ -254,23 +263,27 @@ impl Systemd {
             .cache_properties(CacheProperties::No)
             .build()
             .await?;
-        let (load_state, active_state, sub_state, invocation_id) = tokio::try_join!(
+        let (load_state, active_state, sub_state, invocation_id, changed) = tokio::try_join!(
             proxy.load_state(),
             proxy.active_state(),
             proxy.sub_state(),
             proxy.invocation_id(),
+            proxy.state_change_timestamp(),
         )?;
 
-        let result = if unit.ends_with(".service") && load_state != "not-found" {
-            let service = ServiceProxy::builder(&self.connection)
-                .path(path)?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            Some(service.result().await?)
-        } else {
-            None
-        };
+        let (result, main_pid, n_restarts) =
+            if unit.ends_with(".service") && load_state != "not-found" {
+                let service = ServiceProxy::builder(&self.connection)
+                    .path(path)?
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await?;
+                let (result, pid, restarts) =
+                    tokio::try_join!(service.result(), service.main_pid(), service.n_restarts())?;
+                (Some(result), (pid != 0).then_some(pid), Some(restarts))
+            } else {
+                (None, None, None)
+            };
 
         Ok(UnitState {
             unit: unit.to_owned(),
@@ -279,6 +292,12 @@ impl Systemd {
             sub_state,
             result,
             invocation_id: invocation_id.iter().map(|b| format!("{b:02x}")).collect(),
+            since: (changed != 0).then(|| {
+                let at = std::time::UNIX_EPOCH + Duration::from_micros(changed);
+                humantime::format_rfc3339_seconds(at).to_string()
+            }),
+            main_pid,
+            n_restarts,
         })
     }
 }

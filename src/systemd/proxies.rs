@@ -59,6 +59,10 @@ pub trait Unit {
     #[zbus(property)]
     fn sub_state(&self) -> zbus::Result<String>;
 
+    /// When the unit last changed state, in microseconds since the epoch; 0 if never.
+    #[zbus(property)]
+    fn state_change_timestamp(&self) -> zbus::Result<u64>;
+
     /// 128 bits that change each time the unit is started; empty while it never ran.
     #[zbus(property, name = "InvocationID")]
     fn invocation_id(&self) -> zbus::Result<Vec<u8>>;
@@ -77,6 +81,10 @@ pub trait Service {
 
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
+
+    /// How often systemd restarted the service by its `Restart=` setting.
+    #[zbus(property, name = "NRestarts")]
+    fn n_restarts(&self) -> zbus::Result<u32>;
 }
 
 /// `org.freedesktop.systemd1.Job`, on the path a queued job has until it is removed.
