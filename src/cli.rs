@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match command {
-            Command::Serve => crate::server::serve(settings).await.map(|()| true),
+            Command::Serve => crate::server::serve(settings, path).await.map(|()| true),
             Command::Status => status(settings).await,
             Command::Startup { endpoint } => startup(settings, endpoint).await,
             Command::CheckConfig => unreachable!("handled above"),

@@ -90,12 +90,13 @@ pub fn tls_acceptor(certificate: &Path, key: &Path) -> anyhow::Result<TlsAccepto
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then waits at most `grace` for the
-/// requests under way.
+/// Serves the latest `app` on `listener` until `shutdown` resolves, then waits at most
+/// `grace` for the requests under way. Each new connection takes the router current at the
+/// time, so a reloaded configuration applies to connections opened after the reload.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    app: tokio::sync::watch::Receiver<Router>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
@@ -120,7 +121,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone().into_service::<Incoming>());
+        let router = app.borrow().clone();
+        let service = TowerToHyperService::new(router.into_service::<Incoming>());
         let http = http.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();

@@ -19,6 +19,14 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells systemd the service is re-reading its configuration; `ready` ends it.
+pub fn reloading() {
+    send(&[
+        NotifyState::Reloading,
+        NotifyState::Status("Reloading the configuration"),
+    ]);
+}
+
 /// Tells systemd the service is shutting down.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("Shutting down")]);
@@ -30,14 +38,21 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
 }
 
-/// Feeds the watchdog at half its interval for as long as the runtime runs the task: a
-/// runtime that no longer schedules tasks stops feeding it, and systemd restarts the service.
-pub fn spawn_watchdog(interval: Duration) -> tokio::task::JoinHandle<()> {
+/// Feeds the watchdog at half its interval, each time only if `healthy` says so. A runtime
+/// that no longer schedules tasks, or a service that cannot reach systemd, stops feeding it,
+/// and systemd restarts the service.
+pub fn spawn_watchdog<F, Fut>(interval: Duration, healthy: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval / 2);
         loop {
             ticks.tick().await;
-            send(&[NotifyState::Watchdog]);
+            if healthy().await {
+                send(&[NotifyState::Watchdog]);
+            }
         }
     })
 }
@@ -54,6 +69,7 @@ pub struct StatusLine {
 struct Parts {
     last_check: Option<String>,
     recovery: Option<String>,
+    note: Option<String>,
 }
 
 impl StatusLine {
@@ -75,9 +91,9 @@ impl StatusLine {
             text.push_str("; last check ");
             text.push_str(check);
         }
-        if let Some(recovery) = &parts.recovery {
+        for part in [&parts.recovery, &parts.note].into_iter().flatten() {
             text.push_str("; ");
-            text.push_str(recovery);
+            text.push_str(part);
         }
         text
     }
@@ -91,6 +107,12 @@ impl StatusLine {
     /// Records what the recovery is doing or how it ended.
     pub fn recovery(&self, text: String) {
         self.update(|p| p.recovery = Some(text));
+    }
+
+    /// Records something else worth a look, such as the outcome of a reload.
+    pub fn note(&self, text: String) {
+        let stamp = humantime::format_rfc3339_seconds(SystemTime::now());
+        self.update(|p| p.note = Some(format!("{stamp}: {text}")));
     }
 
     fn update(&self, change: impl FnOnce(&mut Parts)) {

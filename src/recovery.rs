@@ -227,9 +227,11 @@ pub enum Ticket {
     Finished,
 }
 
-/// The units and timings a recovery works with, taken from [`Settings`].
+/// The units and timings a recovery works with, taken from [`Settings`]. A recovery keeps
+/// the plan it started with, even when the configuration is reloaded meanwhile.
 #[derive(Debug, Clone)]
 struct Plan {
+    prober: Prober,
     galaxy_units: Vec<String>,
     nginx_unit: String,
     nginx_restart: NginxRestart,
@@ -283,11 +285,27 @@ impl Flights {
     }
 }
 
+impl Plan {
+    fn new(settings: &Settings, prober: Prober) -> Plan {
+        Plan {
+            prober,
+            galaxy_units: settings.galaxy_units.clone(),
+            nginx_unit: settings.nginx_unit.clone(),
+            nginx_restart: settings.nginx_restart,
+            probe_interval: settings.probe.interval,
+            probe_timeout: settings.probe.timeout,
+            readiness_deadline: settings.recovery.readiness_deadline,
+            max_recoveries: settings.recovery.max_recoveries,
+            window: settings.recovery.window,
+            failure_cooldown: settings.recovery.failure_cooldown,
+        }
+    }
+}
+
 /// Runs recoveries, one at a time.
 pub struct Recovery {
     control: Arc<dyn UnitControl>,
-    prober: Prober,
-    plan: Plan,
+    plan: Mutex<Arc<Plan>>,
     status: Arc<StatusLine>,
     flights: Mutex<Flights>,
 }
@@ -301,18 +319,7 @@ impl Recovery {
     ) -> Recovery {
         Recovery {
             control,
-            prober,
-            plan: Plan {
-                galaxy_units: settings.galaxy_units.clone(),
-                nginx_unit: settings.nginx_unit.clone(),
-                nginx_restart: settings.nginx_restart,
-                probe_interval: settings.probe.interval,
-                probe_timeout: settings.probe.timeout,
-                readiness_deadline: settings.recovery.readiness_deadline,
-                max_recoveries: settings.recovery.max_recoveries,
-                window: settings.recovery.window,
-                failure_cooldown: settings.recovery.failure_cooldown,
-            },
+            plan: Mutex::new(Arc::new(Plan::new(settings, prober))),
             status,
             flights: Mutex::new(Flights::default()),
         }
@@ -339,7 +346,8 @@ impl Recovery {
                 return Ok((Ticket::Finished, rx));
             }
         }
-        flights.admit(&self.plan, Instant::now())?;
+        let plan = self.plan();
+        flights.admit(&plan, Instant::now())?;
 
         let id = new_id();
         let (tx, rx) = watch::channel(Progress::Running {
@@ -352,6 +360,7 @@ impl Recovery {
         let span = tracing::info_span!("recovery", recovery_id = %id);
         let flight = Flight {
             recovery: self.clone(),
+            plan,
             id,
             url: url.clone(),
             started: Instant::now(),
@@ -362,6 +371,22 @@ impl Recovery {
         Ok((Ticket::Started, rx))
     }
 
+    /// Takes new settings; a recovery under way finishes with those it started with.
+    pub fn reconfigure(&self, settings: &Settings, prober: Prober) {
+        *self
+            .plan
+            .lock()
+            .expect("plan lock is never held across a panic") =
+            Arc::new(Plan::new(settings, prober));
+    }
+
+    fn plan(&self) -> Arc<Plan> {
+        self.plan
+            .lock()
+            .expect("plan lock is never held across a panic")
+            .clone()
+    }
+
     /// The systemd side, for reading the managed units' state.
     pub fn units(&self) -> &Arc<dyn UnitControl> {
         &self.control
@@ -369,8 +394,9 @@ impl Recovery {
 
     /// Every unit a recovery may restart: the Galaxy units, then nginx.
     pub fn managed_units(&self) -> Vec<String> {
-        let mut units = self.plan.galaxy_units.clone();
-        units.push(self.plan.nginx_unit.clone());
+        let plan = self.plan();
+        let mut units = plan.galaxy_units.clone();
+        units.push(plan.nginx_unit.clone());
         units
     }
 
@@ -400,6 +426,7 @@ impl Recovery {
 /// One recovery in its task.
 struct Flight {
     recovery: Arc<Recovery>,
+    plan: Arc<Plan>,
     id: String,
     url: Url,
     started: Instant,
@@ -459,7 +486,7 @@ impl Flight {
     }
 
     async fn recover(&mut self, mut probe: Probe) -> Result<(), Failure> {
-        let plan = self.recovery.plan.clone();
+        let plan = self.plan.clone();
         let mut nginx_restarted = false;
 
         if let Verdict::Refused { .. } = probe.verdict {
@@ -613,7 +640,7 @@ impl Flight {
     /// After an nginx restart: probes until something listens, for at most one probe timeout,
     /// since a unit whose job ended may still be opening its socket.
     async fn probe_until_listening(&self) -> Probe {
-        let plan = &self.recovery.plan;
+        let plan = &self.plan;
         let until = Instant::now() + plan.probe_timeout;
         loop {
             let probe = self.probe().await;
@@ -667,7 +694,7 @@ impl Flight {
     }
 
     async fn probe(&self) -> Probe {
-        let probe = self.recovery.prober.probe(&self.url).await;
+        let probe = self.plan.prober.probe(&self.url).await;
         tracing::debug!(endpoint = %self.url, verdict = %probe.verdict,
             duration_ms = probe.duration.as_millis() as u64, "probe");
         self.recovery.status.checked(&probe.verdict.to_string());
