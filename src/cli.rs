@@ -15,7 +15,7 @@ use crate::config::{Settings, DEFAULT_CONFIG_PATH};
 use crate::logging;
 use crate::notify::StatusLine;
 use crate::probe::Prober;
-use crate::recovery::{Progress, Recovery, UnitControl};
+use crate::recovery::{Progress, Recovery, Trigger, UnitControl};
 use crate::systemd::Systemd;
 
 #[derive(Debug, Parser)]
@@ -198,7 +198,7 @@ async fn startup(settings: Settings, endpoint: Option<String>) -> anyhow::Result
     let status = Arc::new(StatusLine::new("galaxyctl-api startup".to_owned()));
     let recovery = Arc::new(Recovery::new(systemd, prober, &settings, status));
     let (_, mut progress) = recovery
-        .join_or_start(&url, probe, probed_at)
+        .join_or_start(&url, Trigger::Down(probe), probed_at)
         .map_err(|throttled| anyhow::anyhow!("{throttled}"))?;
     let finished = progress
         .wait_for(|p| matches!(p, Progress::Finished(_)))

@@ -29,7 +29,7 @@ use crate::endpoint::{self, EndpointError};
 use crate::logging::message_id;
 use crate::notify::StatusLine;
 use crate::probe::{Prober, Verdict};
-use crate::recovery::{new_id, Failure, Progress, Recovery, Report, Throttled, Ticket};
+use crate::recovery::{new_id, Failure, Progress, Recovery, Report, Throttled, Ticket, Trigger};
 
 /// The API's path prefix, as the dashboard calls it.
 pub const PREFIX: &str = "/galaxyctl_api/v1.0";
@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
     // Everything that can cause a restart sits behind authentication; what only reads does not.
     let protected = Router::new()
         .route("/galaxy-startup", post(galaxy_startup))
+        .route("/restart", post(restart))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_caller,
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/info", get(info))
         .route("/status", get(status))
+        .route("/operations/{id}", get(operation))
         .merge(protected);
     Router::new()
         .nest(PREFIX, api)
@@ -105,6 +107,7 @@ pub enum ApiError {
     /// A recovery would be due, but the restart budget says not now.
     Throttled(Throttled),
     NotFound,
+    NoSuchOperation,
     MethodNotAllowed,
     /// Galaxy could not be brought back.
     Recovery(Failure),
@@ -180,6 +183,12 @@ impl ApiError {
                 Galaxy::Unknown,
                 "not_found",
                 format!("no such route; the API lives under {PREFIX}"),
+            ),
+            NoSuchOperation => (
+                StatusCode::NOT_FOUND,
+                Galaxy::Unknown,
+                "no_such_operation",
+                "no operation of that id is kept; operations are forgotten after a day".to_owned(),
             ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -365,6 +374,70 @@ async fn status(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
+/// `POST /restart`: restarts the Galaxy units now, whatever Galaxy answers (after a change
+/// of its configuration, say). Answers at once with the operation to follow.
+async fn restart(
+    State(app): State<AppState>,
+    caller: Option<axum::Extension<Identity>>,
+) -> Response {
+    let request_id = new_id();
+    let subject = caller.map(|c| c.0.subject).unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %request_id, caller = %subject);
+    let _entered = span.enter();
+
+    let url = app.settings.galaxy_urls[0].clone();
+    let started = app
+        .recovery
+        .join_or_start(&url, Trigger::Explicit, Instant::now());
+    let id = ("request_id", Value::String(request_id));
+    match started {
+        Ok((ticket, progress)) => {
+            let operation = match &*progress.borrow() {
+                Progress::Running { id, .. } => id.clone(),
+                Progress::Finished(report) => report.id.clone(),
+            };
+            tracing::info!(ticket = ?ticket, operation = %operation, "restart asked for");
+            let body = json!({
+                "galaxy": "starting",
+                "message": if ticket == Ticket::Joined {
+                    "a recovery was already under way; follow it"
+                } else {
+                    "the Galaxy units are being restarted"
+                },
+                "operation": operation_link(&operation),
+                "request_id": id.1,
+            });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(throttled) => {
+            tracing::warn!(message_id = message_id::REQUEST_REFUSED, error = throttled.code(),
+                reason = %throttled, "request refused");
+            ApiError::Throttled(throttled).respond(&[id])
+        }
+    }
+}
+
+/// `GET /operations/{id}`: a recovery's steps and outcome.
+async fn operation(
+    State(app): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match app.recovery.operation(&id) {
+        Some(operation) => {
+            let mut body = operation.to_json();
+            if body.get("galaxy").is_none() {
+                body["galaxy"] = json!("starting");
+            }
+            Json(body).into_response()
+        }
+        None => ApiError::NoSuchOperation.into_response(),
+    }
+}
+
+fn operation_link(id: &str) -> Value {
+    json!({ "id": id, "href": format!("{PREFIX}/operations/{id}") })
+}
+
 /// The body of a galaxy-startup request. Fields other than `endpoint` are ignored, so that a
 /// newer dashboard sending more does not break.
 #[derive(Debug, Deserialize)]
@@ -421,15 +494,15 @@ async fn startup(
         Verdict::Refused { .. } | Verdict::Unhealthy { .. } => {}
     }
 
-    let (ticket, mut progress) =
-        app.recovery
-            .join_or_start(&url, probe, probed_at)
-            .map_err(|throttled| {
-                tracing::warn!(message_id = message_id::REQUEST_REFUSED, error = throttled.code(),
+    let (ticket, mut progress) = app
+        .recovery
+        .join_or_start(&url, Trigger::Down(probe), probed_at)
+        .map_err(|throttled| {
+            tracing::warn!(message_id = message_id::REQUEST_REFUSED, error = throttled.code(),
                 reason = %throttled, retry_after_s = throttled.retry_after_secs(),
                 "request refused");
-                ApiError::Throttled(throttled)
-            })?;
+            ApiError::Throttled(throttled)
+        })?;
     if ticket != Ticket::Started {
         tracing::info!(ticket = ?ticket, "waiting on the recovery under way");
     }
@@ -455,6 +528,7 @@ async fn startup(
                 "endpoint": url.as_str(),
                 "message": "Galaxy is being restarted and does not answer yet",
                 "recovery": { "id": id, "restarting": restarting },
+                "operation": operation_link(&id),
             }),
         )),
     }
