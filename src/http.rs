@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected);
     Router::new()
         .nest(PREFIX, api)
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -326,6 +327,16 @@ async fn info(State(app): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// `GET /metrics`: the counters in the Prometheus text format.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        app.recovery.metrics().encode(),
+    )
+        .into_response()
+}
+
 /// `GET /status`: the last probe, each managed unit's state read live from systemd, and the
 /// last recovery.
 async fn status(State(app): State<AppState>) -> Response {
@@ -478,6 +489,7 @@ async fn startup(
         http_status = probe.http_status().unwrap_or(0),
         duration_ms = probe.duration.as_millis() as u64, "probe");
     app.status.checked(&probe.verdict.to_string());
+    app.recovery.metrics().probed(&probe.verdict);
 
     match &probe.verdict {
         Verdict::Online { status } => {

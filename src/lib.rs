@@ -11,6 +11,7 @@
 //! - [`systemd`]: the D-Bus client that restarts units and follows their jobs;
 //! - [`notify`]: READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 for systemd;
 //! - [`logging`]: structured journal entries, or lines on stderr;
+//! - [`metrics`]: counters for Prometheus;
 //! - [`listener`]: the listening socket (bound or passed by systemd), TLS and limits;
 //! - [`server`]: start-up and shutdown of the `serve` command;
 //! - [`cli`]: the command line.
@@ -22,6 +23,7 @@ pub mod endpoint;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod probe;
 pub mod recovery;

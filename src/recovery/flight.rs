@@ -95,6 +95,9 @@ impl Flight {
             Ok(()) => self.operation.step("Galaxy answers"),
             Err(failure) => self.operation.step(format!("failed: {failure}")),
         }
+        self.recovery
+            .metrics
+            .recovery_ended(outcome.is_ok(), duration);
         let report = Arc::new(Report {
             id: self.operation.id.clone(),
             outcome,
@@ -215,6 +218,7 @@ impl Flight {
                         "job {} of {unit} finished: {}",
                         job.job, job.result
                     ));
+                    self.recovery.metrics.restarted(unit, &job.result);
                     let failure = self.check_unit(unit, &job, &mut report).await;
                     report.job = Some(job);
                     failure
@@ -224,6 +228,7 @@ impl Flight {
                         dbus_error = error.dbus_name().unwrap_or(""), "restart refused");
                     self.operation
                         .step(format!("restart of {unit} refused: {error}"));
+                    self.recovery.metrics.restarted(unit, "refused");
                     report.error = Some(error.to_string());
                     Some(if error.is_no_such_unit() {
                         Failure::NoSuchUnit { unit: unit.clone() }
@@ -339,6 +344,7 @@ impl Flight {
 
     async fn probe(&self) -> Probe {
         let probe = self.plan.prober.probe(&self.url).await;
+        self.recovery.metrics.probed(&probe.verdict);
         tracing::debug!(endpoint = %self.url, verdict = %probe.verdict,
             duration_ms = probe.duration.as_millis() as u64, "probe");
         self.recovery.status.checked(&probe.verdict.to_string());

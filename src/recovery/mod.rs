@@ -21,6 +21,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::{NginxRestart, Settings};
+use crate::metrics::Metrics;
 use crate::notify::StatusLine;
 use crate::probe::{Probe, Prober};
 use crate::systemd::{JobOutcome, Systemd, SystemdError, UnitState};
@@ -162,6 +163,7 @@ pub struct Recovery {
     status: Arc<StatusLine>,
     flights: Mutex<Flights>,
     operations: Operations,
+    metrics: Metrics,
 }
 
 impl Recovery {
@@ -177,6 +179,7 @@ impl Recovery {
             status,
             flights: Mutex::new(Flights::default()),
             operations: Operations::default(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -218,10 +221,16 @@ impl Recovery {
         flights.current = Some(rx.clone());
         drop(flights);
 
+        self.metrics.recovery_started();
         let span = tracing::info_span!("recovery", recovery_id = %operation.id);
         let flight = Flight::new(self.clone(), plan, operation, url.clone(), tx);
         tokio::spawn(flight.run(trigger).instrument(span));
         Ok((Ticket::Started, rx))
+    }
+
+    /// The service's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A recovery started or finished lately, by id.
