@@ -147,6 +147,8 @@ struct ProbeSection {
     #[serde(default, with = "humantime_serde")]
     interval: Option<Duration>,
     verify_tls: Option<bool>,
+    readiness_url: Option<String>,
+    readiness_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +215,11 @@ pub struct ProbeSettings {
     /// Whether probes check the certificate of an https endpoint. Laniakea hosts often carry a
     /// self-signed one; turning this off is then the only way to probe them over https.
     pub verify_tls: bool,
+    /// What to probe after a restart to know Galaxy is ready, when not the endpoint itself:
+    /// Galaxy's `/api/version` answers without authentication.
+    pub readiness_url: Option<Url>,
+    /// A unix socket (gunicorn's, behind nginx) that `readiness_url`'s path is asked over.
+    pub readiness_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,7 +325,20 @@ impl Settings {
             timeout: file.probe.timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
             interval: file.probe.interval.unwrap_or(DEFAULT_PROBE_INTERVAL),
             verify_tls: file.probe.verify_tls.unwrap_or(true),
+            readiness_url: match &file.probe.readiness_url {
+                Some(url) => {
+                    Some(parse_galaxy_url(url).map_err(|m| invalid("probe.readiness_url", m))?)
+                }
+                None => None,
+            },
+            readiness_socket: file.probe.readiness_socket,
         };
+        if probe.readiness_socket.is_some() && probe.readiness_url.is_none() {
+            return Err(invalid(
+                "probe.readiness_url",
+                "is needed with probe.readiness_socket: it names the path to ask for".to_owned(),
+            ));
+        }
         positive("probe.connect_timeout", probe.connect_timeout)?;
         positive("probe.timeout", probe.timeout)?;
         positive("probe.interval", probe.interval)?;

@@ -7,6 +7,7 @@
 
 use std::error::Error as _;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -88,6 +89,9 @@ pub struct ProbeRecord {
 pub struct Prober {
     client: reqwest::Client,
     last: Arc<Mutex<Option<ProbeRecord>>>,
+    readiness_url: Option<Url>,
+    readiness_socket: Option<PathBuf>,
+    timeout: Duration,
 }
 
 impl Prober {
@@ -108,6 +112,9 @@ impl Prober {
         Ok(Prober {
             client,
             last: Arc::default(),
+            readiness_url: settings.readiness_url.clone(),
+            readiness_socket: settings.readiness_socket.clone(),
+            timeout: settings.timeout,
         })
     }
 
@@ -119,6 +126,29 @@ impl Prober {
             Ok(response) => judge(response.status()),
             Err(e) => classify(&e),
         };
+        self.record(url, started, verdict)
+    }
+
+    /// Whether a restarted Galaxy is ready: its readiness URL when one is configured (over
+    /// its unix socket when one is), else `endpoint` itself.
+    pub async fn probe_ready(&self, endpoint: &Url) -> Probe {
+        match (&self.readiness_url, &self.readiness_socket) {
+            (Some(url), Some(socket)) => {
+                let started = Instant::now();
+                let verdict = get_over_socket(socket, url, self.timeout).await;
+                self.record(url, started, verdict)
+            }
+            (Some(url), None) => self.probe(url).await,
+            (None, _) => self.probe(endpoint).await,
+        }
+    }
+
+    /// Whether readiness is judged on something else than the endpoint.
+    pub fn has_readiness_probe(&self) -> bool {
+        self.readiness_url.is_some()
+    }
+
+    fn record(&self, url: &Url, started: Instant, verdict: Verdict) -> Probe {
         let probe = Probe {
             verdict,
             duration: started.elapsed(),
@@ -144,6 +174,62 @@ impl Prober {
             .lock()
             .expect("probe record lock is never held across a panic")
             .clone()
+    }
+}
+
+/// One GET of `url`'s path over a unix socket, as nginx would send it to gunicorn.
+async fn get_over_socket(socket: &Path, url: &Url, timeout: Duration) -> Verdict {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(socket).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        let path = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, url.host_str().unwrap_or("localhost"))
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("galaxyctl-api/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(response.status())
+    };
+    let shown = socket.display();
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(status)) => {
+            judge(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY))
+        }
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            Verdict::Refused {
+                detail: format!("{shown}: {e}"),
+            }
+        }
+        Ok(Err(e)) => Verdict::Unhealthy {
+            status: None,
+            detail: format!("{shown}: {e}"),
+        },
+        Err(_) => Verdict::Unhealthy {
+            status: None,
+            detail: format!("{shown}: no answer within {}s", timeout.as_secs()),
+        },
     }
 }
 
@@ -196,4 +282,80 @@ fn describe(e: &reqwest::Error) -> String {
         text.push_str(&cause.to_string());
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A unix socket that answers every request with `status` and records the request line.
+    async fn socket_server(path: &Path, status: u16) -> tokio::task::JoinHandle<String> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0; 4096];
+            let n = stream.read(&mut request).await.unwrap();
+            let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request[..n])
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+    }
+
+    #[tokio::test]
+    async fn readiness_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::parse("http://localhost/galaxy/api/version?x=1").unwrap();
+        let timeout = Duration::from_secs(5);
+
+        let ok = dir.path().join("ok.sock");
+        let server = socket_server(&ok, 200).await;
+        assert_eq!(
+            get_over_socket(&ok, &url, timeout).await,
+            Verdict::Online { status: 200 }
+        );
+        assert_eq!(
+            server.await.unwrap(),
+            "GET /galaxy/api/version?x=1 HTTP/1.1"
+        );
+
+        let bad = dir.path().join("bad.sock");
+        let _server = socket_server(&bad, 502).await;
+        assert!(matches!(
+            get_over_socket(&bad, &url, timeout).await,
+            Verdict::Unhealthy {
+                status: Some(502),
+                ..
+            }
+        ));
+
+        let missing = dir.path().join("missing.sock");
+        assert!(matches!(
+            get_over_socket(&missing, &url, timeout).await,
+            Verdict::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn only_200_and_302_are_online() {
+        assert!(matches!(
+            judge(StatusCode::OK),
+            Verdict::Online { status: 200 }
+        ));
+        assert!(matches!(
+            judge(StatusCode::FOUND),
+            Verdict::Online { status: 302 }
+        ));
+        for status in [201, 204, 301, 303, 401, 404, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(
+                matches!(judge(status), Verdict::Unhealthy { .. }),
+                "{status} must not count as online"
+            );
+        }
+    }
 }

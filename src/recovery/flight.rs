@@ -2,7 +2,7 @@
 //! Galaxy to answer.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 use tokio::sync::watch;
@@ -14,6 +14,9 @@ use crate::logging::message_id;
 use crate::probe::{Probe, Verdict};
 use crate::systemd::JobOutcome;
 
+/// How often the members of a target are asked whether a job of theirs is still pending.
+const MEMBER_JOB_POLL: Duration = Duration::from_millis(200);
+
 /// One recovery in its task.
 pub(super) struct Flight {
     recovery: Arc<Recovery>,
@@ -22,6 +25,8 @@ pub(super) struct Flight {
     url: Url,
     started: Instant,
     units: Vec<UnitReport>,
+    /// Member services of a Galaxy target, watched like the Galaxy units themselves.
+    watched: Vec<String>,
     tx: watch::Sender<Progress>,
 }
 
@@ -40,6 +45,7 @@ impl Flight {
             url,
             started: Instant::now(),
             units: Vec::new(),
+            watched: Vec::new(),
             tx,
         }
     }
@@ -156,7 +162,74 @@ impl Flight {
             units.push(plan.nginx_unit.clone());
         }
         self.restart(&units).await?;
+        for target in plan.galaxy_units.iter().filter(|u| u.ends_with(".target")) {
+            self.follow_members(target, &plan).await?;
+        }
         self.wait_for_galaxy(&plan).await
+    }
+
+    /// After a target's own job: waits until no job of its member services is left, then
+    /// checks each member came up. Gravity's `galaxy.target` restarts its `PartOf=` units.
+    async fn follow_members(&mut self, target: &str, plan: &Plan) -> Result<(), Failure> {
+        let control = self.recovery.control.clone();
+        let bus_failure = |error| Failure::Bus {
+            unit: Some(target.to_owned()),
+            error,
+        };
+        let members = control.members(target).await.map_err(bus_failure)?;
+        tracing::info!(
+            unit = target,
+            members = members.join(","),
+            "following the target's members"
+        );
+        self.operation
+            .step(format!("{target} pulls in {}", members.join(", ")));
+
+        let until = Instant::now() + plan.job_timeout;
+        loop {
+            let mut pending = Vec::new();
+            for member in &members {
+                if control.has_job(member).await.map_err(bus_failure)? {
+                    pending.push(member.as_str());
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= until {
+                return Err(Failure::Bus {
+                    unit: Some(target.to_owned()),
+                    error: crate::systemd::SystemdError::JobTimeout {
+                        unit: pending.join(","),
+                        timeout: plan.job_timeout,
+                    },
+                });
+            }
+            tokio::time::sleep(MEMBER_JOB_POLL).await;
+        }
+
+        let mut first_failure = None;
+        for member in &members {
+            let state = control.unit_state(member).await.map_err(bus_failure)?;
+            tracing::info!(unit = %member, target, active_state = %state.active_state,
+                sub_state = %state.sub_state, result = state.result.as_deref().unwrap_or(""),
+                "unit state");
+            self.operation.step(format!("{member} is {state}"));
+            if !state.is_active() && first_failure.is_none() {
+                first_failure = Some(Failure::UnitFailed {
+                    unit: member.clone(),
+                    result: state.result.clone(),
+                });
+            }
+            self.units.push(UnitReport {
+                unit: member.clone(),
+                job: None,
+                state: Some(state),
+                error: None,
+            });
+            self.watched.push(member.clone());
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     async fn nginx_needs_restart(&self, plan: &Plan) -> bool {
@@ -307,8 +380,31 @@ impl Flight {
         self.operation
             .step(format!("waiting for Galaxy at {} to answer", self.url));
         let deadline = self.started + plan.readiness_deadline;
+        // With a readiness URL, Galaxy itself is asked first; the endpoint (through nginx)
+        // is asked once Galaxy says it is ready.
+        let mut ready = !plan.prober.has_readiness_probe();
         loop {
-            let probe = self.probe().await;
+            if !ready {
+                let probe = plan.prober.probe_ready(&self.url).await;
+                self.recovery.metrics.probed(&probe.verdict);
+                tracing::debug!(verdict = %probe.verdict, "readiness probe");
+                if probe.is_online() {
+                    ready = true;
+                    self.operation.step("Galaxy reports ready");
+                }
+            }
+            let probe = if ready {
+                self.probe().await
+            } else {
+                self.recovery.status.checked("Galaxy not ready yet");
+                Probe {
+                    verdict: Verdict::Unhealthy {
+                        status: None,
+                        detail: "Galaxy is not ready yet".to_owned(),
+                    },
+                    duration: Duration::ZERO,
+                }
+            };
             if probe.is_online() {
                 return Ok(());
             }
@@ -323,7 +419,7 @@ impl Flight {
             }
 
             // A unit whose job ended `done` can still die right after: stop waiting then.
-            for unit in &plan.galaxy_units {
+            for unit in plan.galaxy_units.iter().chain(&self.watched) {
                 match self.recovery.control.unit_state(unit).await {
                     Ok(state) if state.is_failed() => {
                         tracing::error!(unit = %unit, result = state.result.as_deref().unwrap_or(""),

@@ -38,6 +38,18 @@ pub trait UnitControl: Send + Sync + 'static {
 
     /// Reads the unit's state now.
     fn unit_state<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<UnitState, SystemdError>>;
+
+    /// The services a target unit pulls in or restarts with it; none for other units.
+    fn members<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<String>, SystemdError>> {
+        let _ = unit;
+        futures_util::future::ready(Ok(Vec::new())).boxed()
+    }
+
+    /// Whether a job is queued or running for the unit.
+    fn has_job<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>> {
+        let _ = unit;
+        futures_util::future::ready(Ok(false)).boxed()
+    }
 }
 
 impl UnitControl for Systemd {
@@ -47,6 +59,14 @@ impl UnitControl for Systemd {
 
     fn unit_state<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<UnitState, SystemdError>> {
         Systemd::unit_state(self, unit).boxed()
+    }
+
+    fn members<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<String>, SystemdError>> {
+        Systemd::members(self, unit).boxed()
+    }
+
+    fn has_job<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>> {
+        Systemd::has_job(self, unit).boxed()
     }
 }
 
@@ -91,6 +111,7 @@ struct Plan {
     nginx_restart: NginxRestart,
     probe_interval: Duration,
     probe_timeout: Duration,
+    job_timeout: Duration,
     readiness_deadline: Duration,
     max_recoveries: u32,
     window: Duration,
@@ -148,6 +169,7 @@ impl Plan {
             nginx_restart: settings.nginx_restart,
             probe_interval: settings.probe.interval,
             probe_timeout: settings.probe.timeout,
+            job_timeout: settings.recovery.job_timeout,
             readiness_deadline: settings.recovery.readiness_deadline,
             max_recoveries: settings.recovery.max_recoveries,
             window: settings.recovery.window,

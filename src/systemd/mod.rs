@@ -255,14 +255,45 @@ impl Systemd {
         }
     }
 
-    /// Reads the unit's state now.
-    pub async fn unit_state(&self, unit: &str) -> Result<UnitState, SystemdError> {
+    /// The services a target pulls in or restarts with it (`Wants=`, `Requires=`, and the
+    /// units `PartOf=` it), sorted; empty for anything but a target.
+    pub async fn members(&self, unit: &str) -> Result<Vec<String>, SystemdError> {
+        if !unit.ends_with(".target") {
+            return Ok(Vec::new());
+        }
+        let proxy = self.unit_proxy(unit).await?;
+        let (wants, requires, consists_of) =
+            tokio::try_join!(proxy.wants(), proxy.requires(), proxy.consists_of())?;
+        let mut members: Vec<String> = wants
+            .into_iter()
+            .chain(requires)
+            .chain(consists_of)
+            .filter(|member| member.ends_with(".service"))
+            .collect();
+        members.sort();
+        members.dedup();
+        Ok(members)
+    }
+
+    /// Whether a job is queued or running for the unit.
+    pub async fn has_job(&self, unit: &str) -> Result<bool, SystemdError> {
+        let (id, _) = self.unit_proxy(unit).await?.job().await?;
+        Ok(id != 0)
+    }
+
+    async fn unit_proxy(&self, unit: &str) -> Result<UnitProxy<'static>, SystemdError> {
         let path = self.manager.load_unit(unit).await?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path.clone())?
+        Ok(UnitProxy::builder(&self.connection)
+            .path(path)?
             .cache_properties(CacheProperties::No)
             .build()
-            .await?;
+            .await?)
+    }
+
+    /// Reads the unit's state now.
+    pub async fn unit_state(&self, unit: &str) -> Result<UnitState, SystemdError> {
+        let proxy = self.unit_proxy(unit).await?;
+        let path = proxy.inner().path().to_owned();
         let (load_state, active_state, sub_state, invocation_id, changed) = tokio::try_join!(
             proxy.load_state(),
             proxy.active_state(),

@@ -59,6 +59,21 @@ pub trait Unit {
     #[zbus(property)]
     fn sub_state(&self) -> zbus::Result<String>;
 
+    /// The units this one pulls in when it starts.
+    #[zbus(property)]
+    fn wants(&self) -> zbus::Result<Vec<String>>;
+
+    #[zbus(property)]
+    fn requires(&self) -> zbus::Result<Vec<String>>;
+
+    /// The units that are `PartOf=` this one: restarting it restarts them.
+    #[zbus(property)]
+    fn consists_of(&self) -> zbus::Result<Vec<String>>;
+
+    /// The job queued for the unit, as (id, path); id 0 when there is none.
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
+
     /// When the unit last changed state, in microseconds since the epoch; 0 if never.
     #[zbus(property)]
     fn state_change_timestamp(&self) -> zbus::Result<u64>;
