@@ -8,7 +8,9 @@
 mod proxies;
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -139,25 +141,19 @@ impl fmt::Display for UnitState {
     }
 }
 
-/// A connection to systemd's manager on the system or the user bus.
+/// One connection to the bus, subscribed to the manager's job signals.
 #[derive(Debug)]
-pub struct Systemd {
+struct Link {
     connection: Connection,
     manager: ManagerProxy<'static>,
     /// Kept only to hand out fresh receivers; never read itself.
     jobs: broadcast::Receiver<JobRemoved>,
-    job_timeout: Duration,
+    /// Cleared when the signal stream ends or a call finds the connection broken.
+    alive: Arc<AtomicBool>,
 }
 
-impl Systemd {
-    /// Connects to `bus`, subscribes to the manager's signals and starts draining them.
-    ///
-    /// `call_timeout` bounds every method call on the connection.
-    pub async fn connect(
-        bus: Bus,
-        call_timeout: Duration,
-        job_timeout: Duration,
-    ) -> Result<Systemd, SystemdError> {
+impl Link {
+    async fn connect(bus: Bus, call_timeout: Duration) -> Result<Link, SystemdError> {
         let builder = match bus {
             Bus::System => zbus::connection::Builder::system()?,
             Bus::User => zbus::connection::Builder::session()?,
@@ -172,7 +168,9 @@ impl Systemd {
         let mut signals = manager.receive_job_removed().await?;
         manager.subscribe().await?;
 
+        let alive = Arc::new(AtomicBool::new(true));
         let (jobs_tx, jobs) = broadcast::channel(JOB_CHANNEL_CAPACITY);
+        let drained = alive.clone();
         tokio::spawn(async move {
             while let Some(signal) = signals.next().await {
                 match signal.args() {
@@ -188,61 +186,32 @@ impl Systemd {
                     Err(e) => tracing::warn!(error = %e, "malformed JobRemoved signal"),
                 }
             }
-            // Dropping the sender wakes every waiting restart with an error.
+            // Dropping the sender wakes every waiting restart, which then reconnects.
+            drained.store(false, Ordering::SeqCst);
             tracing::warn!("the bus closed the job signal stream");
         });
 
-        Ok(Systemd {
+        Ok(Link {
             connection,
             manager,
             jobs,
-            job_timeout,
+            alive,
         })
     }
 
-    /// The manager's version, a cheap call that shows the connection works.
-    pub async fn version(&self) -> Result<String, SystemdError> {
-        Ok(self.manager.version().await?)
+    async fn unit(&self, unit: &str) -> Result<UnitProxy<'static>, SystemdError> {
+        let path = self.manager.load_unit(unit).await?;
+        Ok(UnitProxy::builder(&self.connection)
+            .path(path)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?)
     }
 
-    /// Restarts `unit` (starts it when stopped) and waits for its job to end.
-    pub async fn restart(&self, unit: &str) -> Result<JobOutcome, SystemdError> {
-        let mut jobs = self.jobs.resubscribe();
-        let job = self.manager.restart_unit(unit, "replace").await?;
-        tracing::debug!(unit, job = %job.as_str(), "restart job queued");
-
-        let wait = async {
-            loop {
-                match jobs.recv().await {
-                    Ok(removed) if removed.job == job => return Ok(removed.result),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        // Our signal may have been among those missed: ask whether the job
-                        // still exists, and stop waiting for a signal that already passed.
-                        tracing::warn!(missed, unit, "job signals were missed");
-                        if !self.job_exists(&job).await {
-                            return Ok("unknown".to_owned());
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(SystemdError::Bus(
-                            "connection lost while waiting for the job".to_owned(),
-                        ))
-                    }
-                }
-            }
-        };
-        let result = tokio::time::timeout(self.job_timeout, wait)
-            .await
-            .map_err(|_| SystemdError::JobTimeout {
-                unit: unit.to_owned(),
-                timeout: self.job_timeout,
-            })??;
-
-        Ok(JobOutcome {
-            job: job.as_str().to_owned(),
-            result,
-        })
+    /// The path of the job queued for `unit`, if there is one.
+    async fn pending_job(&self, unit: &str) -> Result<Option<OwnedObjectPath>, SystemdError> {
+        let (id, path) = self.unit(unit).await?.job().await?;
+        Ok((id != 0).then_some(path))
     }
 
     async fn job_exists(&self, job: &OwnedObjectPath) -> bool {
@@ -254,6 +223,223 @@ impl Systemd {
             Err(_) => false,
         }
     }
+}
+
+/// How a wait for a job's end was cut short.
+enum Interrupted {
+    ConnectionLost,
+}
+
+/// Waits for the `JobRemoved` signal of `job`.
+async fn job_removed(
+    link: &Link,
+    jobs: &mut broadcast::Receiver<JobRemoved>,
+    job: &OwnedObjectPath,
+) -> Result<String, Interrupted> {
+    loop {
+        match jobs.recv().await {
+            Ok(removed) if removed.job == *job => return Ok(removed.result),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Our signal may have been among those missed: ask whether the job still
+                // exists, and stop waiting for a signal that already passed.
+                tracing::warn!(missed, job = %job.as_str(), "job signals were missed");
+                if !link.job_exists(job).await {
+                    return Ok(UNKNOWN_RESULT.to_owned());
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(Interrupted::ConnectionLost),
+        }
+    }
+}
+
+/// The job result reported when a job ended unseen (while the connection was down); the
+/// unit's state then tells how it went.
+pub const UNKNOWN_RESULT: &str = "unknown";
+
+/// The first pause before a call is tried again; it doubles each time.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// D-Bus errors after which the same call may work a moment later: systemd re-executing
+/// (the call in flight gets no reply, the name is briefly unowned) or the bus restarting.
+const TRANSIENT_ERRORS: [&str; 4] = [
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Disconnected",
+];
+
+impl SystemdError {
+    fn is_transient(&self) -> bool {
+        match self {
+            SystemdError::Remote { name, .. } => TRANSIENT_ERRORS.contains(&name.as_str()),
+            SystemdError::Bus(_) => true,
+            SystemdError::JobTimeout { .. } => false,
+        }
+    }
+}
+
+/// systemd's manager on the system or the user bus. The connection is made again when it
+/// breaks, and calls that fail for a passing reason (systemd re-executing, the bus
+/// restarting) are tried again with a growing pause, within the call timeout.
+#[derive(Debug)]
+pub struct Systemd {
+    bus: Bus,
+    call_timeout: Duration,
+    job_timeout: Duration,
+    link: tokio::sync::Mutex<Arc<Link>>,
+}
+
+impl Systemd {
+    /// Connects to `bus`, subscribes to the manager's signals and starts draining them.
+    ///
+    /// `call_timeout` bounds every method call, retries included; `job_timeout` how long a
+    /// restart job may take.
+    pub async fn connect(
+        bus: Bus,
+        call_timeout: Duration,
+        job_timeout: Duration,
+    ) -> Result<Systemd, SystemdError> {
+        let link = Link::connect(bus, call_timeout).await?;
+        Ok(Systemd {
+            bus,
+            call_timeout,
+            job_timeout,
+            link: tokio::sync::Mutex::new(Arc::new(link)),
+        })
+    }
+
+    /// The current connection, made again first if it broke.
+    async fn link(&self) -> Result<Arc<Link>, SystemdError> {
+        let mut link = self.link.lock().await;
+        if !link.alive.load(Ordering::SeqCst) {
+            tracing::warn!(bus = ?self.bus, "bus connection lost, connecting again");
+            *link = Arc::new(Link::connect(self.bus, self.call_timeout).await?);
+            tracing::info!(bus = ?self.bus, "bus connection made again");
+        }
+        Ok(link.clone())
+    }
+
+    /// Runs `call` on the current link, again after a pause while it fails for a passing
+    /// reason and time is left before `until`.
+    async fn retrying<T, F, Fut>(&self, until: Instant, call: F) -> Result<T, SystemdError>
+    where
+        F: Fn(Arc<Link>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, SystemdError>>,
+    {
+        let mut delay = FIRST_RETRY_DELAY;
+        loop {
+            let attempt = match self.link().await {
+                Ok(link) => {
+                    let result = call(link.clone()).await;
+                    if let Err(SystemdError::Bus(_)) = &result {
+                        link.alive.store(false, Ordering::SeqCst);
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Err(e) if e.is_transient() && Instant::now() + delay < until => {
+                    tracing::debug!(error = %e, delay_ms = delay.as_millis() as u64,
+                        "systemd call failed, trying again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The manager's version, a cheap call that shows the connection works.
+    pub async fn version(&self) -> Result<String, SystemdError> {
+        let until = Instant::now() + self.call_timeout;
+        self.retrying(
+            until,
+            |link| async move { Ok(link.manager.version().await?) },
+        )
+        .await
+    }
+
+    /// Restarts `unit` (starts it when stopped) and waits for its job to end. The job is
+    /// asked for once: if the answer to the call is lost, the unit's pending job is followed
+    /// instead of asking again; if the connection breaks while waiting, the job is followed
+    /// on a new one.
+    pub async fn restart(&self, unit: &str) -> Result<JobOutcome, SystemdError> {
+        let deadline = Instant::now() + self.job_timeout;
+        let timed_out = || SystemdError::JobTimeout {
+            unit: unit.to_owned(),
+            timeout: self.job_timeout,
+        };
+
+        let (mut link, mut jobs, job) = self.queue_restart(unit, deadline).await?;
+        tracing::debug!(unit, job = %job.as_str(), "restart job queued");
+        loop {
+            let waited =
+                tokio::time::timeout_at(deadline.into(), job_removed(&link, &mut jobs, &job));
+            match waited.await {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(result)) => {
+                    return Ok(JobOutcome {
+                        job: job.as_str().to_owned(),
+                        result,
+                    })
+                }
+                Ok(Err(Interrupted::ConnectionLost)) => {
+                    link.alive.store(false, Ordering::SeqCst);
+                    link = self
+                        .retrying(deadline, |link| async move { Ok(link) })
+                        .await?;
+                    jobs = link.jobs.resubscribe();
+                    if !link.job_exists(&job).await {
+                        tracing::warn!(unit, job = %job.as_str(),
+                            "the job ended while the connection was down");
+                        return Ok(JobOutcome {
+                            job: job.as_str().to_owned(),
+                            result: UNKNOWN_RESULT.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `RestartUnit`, returning the link and a job receiver taken before the call.
+    async fn queue_restart(
+        &self,
+        unit: &str,
+        until: Instant,
+    ) -> Result<(Arc<Link>, broadcast::Receiver<JobRemoved>, OwnedObjectPath), SystemdError> {
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut asked = false;
+        loop {
+            let link = self.link().await?;
+            let jobs = link.jobs.resubscribe();
+            if asked {
+                // The last call's answer was lost, not necessarily the call: a job it queued
+                // is followed rather than a second one queued.
+                if let Ok(Some(job)) = link.pending_job(unit).await {
+                    return Ok((link, jobs, job));
+                }
+            }
+            asked = true;
+            match link.manager.restart_unit(unit, "replace").await {
+                Ok(job) => return Ok((link, jobs, job)),
+                Err(e) => {
+                    let e = SystemdError::from(e);
+                    if !e.is_transient() || Instant::now() + delay >= until {
+                        return Err(e);
+                    }
+                    if let SystemdError::Bus(_) = e {
+                        link.alive.store(false, Ordering::SeqCst);
+                    }
+                    tracing::warn!(unit, error = %e, "restart call failed, trying again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
 
     /// The services a target pulls in or restarts with it (`Wants=`, `Requires=`, and the
     /// units `PartOf=` it), sorted; empty for anything but a target.
@@ -261,9 +447,17 @@ impl Systemd {
         if !unit.ends_with(".target") {
             return Ok(Vec::new());
         }
-        let proxy = self.unit_proxy(unit).await?;
-        let (wants, requires, consists_of) =
-            tokio::try_join!(proxy.wants(), proxy.requires(), proxy.consists_of())?;
+        let until = Instant::now() + self.call_timeout;
+        let (wants, requires, consists_of) = self
+            .retrying(until, |link| async move {
+                let proxy = link.unit(unit).await?;
+                Ok(tokio::try_join!(
+                    proxy.wants(),
+                    proxy.requires(),
+                    proxy.consists_of()
+                )?)
+            })
+            .await?;
         let mut members: Vec<String> = wants
             .into_iter()
             .chain(requires)
@@ -277,58 +471,59 @@ impl Systemd {
 
     /// Whether a job is queued or running for the unit.
     pub async fn has_job(&self, unit: &str) -> Result<bool, SystemdError> {
-        let (id, _) = self.unit_proxy(unit).await?.job().await?;
-        Ok(id != 0)
-    }
-
-    async fn unit_proxy(&self, unit: &str) -> Result<UnitProxy<'static>, SystemdError> {
-        let path = self.manager.load_unit(unit).await?;
-        Ok(UnitProxy::builder(&self.connection)
-            .path(path)?
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?)
+        let until = Instant::now() + self.call_timeout;
+        self.retrying(until, |link| async move {
+            Ok(link.pending_job(unit).await?.is_some())
+        })
+        .await
     }
 
     /// Reads the unit's state now.
     pub async fn unit_state(&self, unit: &str) -> Result<UnitState, SystemdError> {
-        let proxy = self.unit_proxy(unit).await?;
-        let path = proxy.inner().path().to_owned();
-        let (load_state, active_state, sub_state, invocation_id, changed) = tokio::try_join!(
-            proxy.load_state(),
-            proxy.active_state(),
-            proxy.sub_state(),
-            proxy.invocation_id(),
-            proxy.state_change_timestamp(),
-        )?;
-
-        let (result, main_pid, n_restarts) =
-            if unit.ends_with(".service") && load_state != "not-found" {
-                let service = ServiceProxy::builder(&self.connection)
-                    .path(path)?
-                    .cache_properties(CacheProperties::No)
-                    .build()
-                    .await?;
-                let (result, pid, restarts) =
-                    tokio::try_join!(service.result(), service.main_pid(), service.n_restarts())?;
-                (Some(result), (pid != 0).then_some(pid), Some(restarts))
-            } else {
-                (None, None, None)
-            };
-
-        Ok(UnitState {
-            unit: unit.to_owned(),
-            load_state,
-            active_state,
-            sub_state,
-            result,
-            invocation_id: invocation_id.iter().map(|b| format!("{b:02x}")).collect(),
-            since: (changed != 0).then(|| {
-                let at = std::time::UNIX_EPOCH + Duration::from_micros(changed);
-                humantime::format_rfc3339_seconds(at).to_string()
-            }),
-            main_pid,
-            n_restarts,
-        })
+        let until = Instant::now() + self.call_timeout;
+        self.retrying(until, |link| async move { read_state(&link, unit).await })
+            .await
     }
+}
+
+/// Reads the unit's state on `link`.
+async fn read_state(link: &Link, unit: &str) -> Result<UnitState, SystemdError> {
+    let proxy = link.unit(unit).await?;
+    let path = proxy.inner().path().to_owned();
+    let (load_state, active_state, sub_state, invocation_id, changed) = tokio::try_join!(
+        proxy.load_state(),
+        proxy.active_state(),
+        proxy.sub_state(),
+        proxy.invocation_id(),
+        proxy.state_change_timestamp(),
+    )?;
+
+    let (result, main_pid, n_restarts) = if unit.ends_with(".service") && load_state != "not-found"
+    {
+        let service = ServiceProxy::builder(&link.connection)
+            .path(path)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let (result, pid, restarts) =
+            tokio::try_join!(service.result(), service.main_pid(), service.n_restarts())?;
+        (Some(result), (pid != 0).then_some(pid), Some(restarts))
+    } else {
+        (None, None, None)
+    };
+
+    Ok(UnitState {
+        unit: unit.to_owned(),
+        load_state,
+        active_state,
+        sub_state,
+        result,
+        invocation_id: invocation_id.iter().map(|b| format!("{b:02x}")).collect(),
+        since: (changed != 0).then(|| {
+            let at = std::time::UNIX_EPOCH + Duration::from_micros(changed);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }),
+        main_pid,
+        n_restarts,
+    })
 }
