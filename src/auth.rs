@@ -248,10 +248,17 @@ impl Oidc {
         validation.set_issuer(&[bare.to_owned(), format!("{bare}/")]);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss"]);
         match &self.audiences {
-            Some(audiences) => validation.set_audience(audiences),
-            None => validation.validate_aud = false,
+            // jsonwebtoken checks `aud` only when the token has one: require it, or a token
+            // issued for no audience in particular would pass for this service.
+            Some(audiences) => {
+                validation.set_audience(audiences);
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            }
+            None => {
+                validation.set_required_spec_claims(&["exp", "iss"]);
+                validation.validate_aud = false;
+            }
         }
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind::*;

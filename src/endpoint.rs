@@ -4,7 +4,9 @@
 //! "Falls under" means the same scheme, the same host (as the URL standard normalises it: a
 //! different spelling of another address, such as an IPv6 form of an IPv4 host, is another
 //! host), the same port, and a path equal to or below the configured path, segment by
-//! segment. Checked before any outbound connection.
+//! segment. Checked before any outbound connection. The caller's endpoint only chooses which
+//! configured Galaxy URL is probed: a page Galaxy does not have (a 404) must not pass for a
+//! Galaxy that is down and get it restarted.
 
 use url::Url;
 
@@ -22,7 +24,8 @@ pub enum EndpointError {
     NotAllowed,
 }
 
-/// Parses `endpoint` and checks it against the `allowed` Galaxy URLs.
+/// Parses `endpoint`, checks it against the `allowed` Galaxy URLs and returns the one it
+/// falls under: that configured URL is what gets probed, never the caller's own path.
 pub fn check(endpoint: &str, allowed: &[Url]) -> Result<Url, EndpointError> {
     let invalid = |why: String| EndpointError::Invalid(why);
     if endpoint.len() > MAX_ENDPOINT_LEN {
@@ -38,10 +41,13 @@ pub fn check(endpoint: &str, allowed: &[Url]) -> Result<Url, EndpointError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("must not carry credentials".to_owned()));
     }
-    if !allowed.iter().any(|galaxy| falls_under(&url, galaxy)) {
-        return Err(EndpointError::NotAllowed);
-    }
-    Ok(url)
+    // The caller chooses which Galaxy, not which page of it is fetched: a page Galaxy does
+    // not have (404) must not read as a Galaxy that is down and get it restarted.
+    allowed
+        .iter()
+        .find(|galaxy| falls_under(&url, galaxy))
+        .cloned()
+        .ok_or(EndpointError::NotAllowed)
 }
 
 fn falls_under(url: &Url, galaxy: &Url) -> bool {

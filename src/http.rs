@@ -6,10 +6,9 @@
 //! and a page that is not JSON would crash it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -36,6 +35,10 @@ pub const PREFIX: &str = "/galaxyctl_api/v1.0";
 
 /// The largest request body accepted; the dashboard's is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How long a client has to send its body once its headers are in: the listener bounds the
+/// headers, this bounds the rest, so a client that stops sending does not hold a connection.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -461,7 +464,7 @@ async fn galaxy_startup(
     State(app): State<AppState>,
     caller: Option<axum::Extension<Identity>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let request_id = new_id();
     let subject = caller.map(|c| c.0.subject).unwrap_or_default();
@@ -479,9 +482,9 @@ async fn galaxy_startup(
 async fn startup(
     app: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let url = parse_startup(headers, body, &app.settings.galaxy_urls)?;
+    let url = parse_startup(headers, body, &app.settings.galaxy_urls).await?;
 
     let probed_at = Instant::now();
     let probe = app.prober.probe(&url).await;
@@ -568,9 +571,9 @@ fn answer(url: &Url, report: &Report) -> Result<(StatusCode, Value), ApiError> {
 }
 
 /// Checks the request and returns the endpoint to probe; nothing is probed before this.
-fn parse_startup(
+async fn parse_startup(
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     galaxy_urls: &[Url],
 ) -> Result<Url, ApiError> {
     let content_type = headers
@@ -582,13 +585,14 @@ fn parse_startup(
         return Err(ApiError::UnsupportedMediaType);
     }
 
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge
-        } else {
-            ApiError::BadBody(rejection.body_text())
-        }
-    })?;
+    let body = read_body(headers, body).await?;
+    // serde reads a struct from a JSON array too (`["http://..."]` fills `endpoint`): only
+    // the object the dashboard sends is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidJson(
+            "the body must be a JSON object with an `endpoint`".to_owned(),
+        ));
+    }
     let request: StartupRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::InvalidJson(format!(
             "the body must be a JSON object with an `endpoint`: {e}"
@@ -607,4 +611,36 @@ fn parse_startup(
             ApiError::EndpointNotAllowed
         }
     })
+}
+
+/// Reads the body: at most [`MAX_BODY_BYTES`] of it, refused at once when its announced
+/// length is larger, and for at most [`BODY_READ_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::BodyTooLarge),
+        Ok(Err(e)) => Err(ApiError::BadBody(format!("the body cannot be read: {e}"))),
+        Err(_) => Err(ApiError::BadBody(
+            "the body did not arrive in time".to_owned(),
+        )),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
