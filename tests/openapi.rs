@@ -104,9 +104,14 @@ fn in_source() -> Vec<(Method, String)> {
         .expect("src/http.rs is readable");
     let mut routes = Vec::new();
     for piece in source.split(".route(\"").skip(1) {
-        let (path, rest) = piece.split_once('"').expect("a route path is a string literal");
+        let (path, rest) = piece
+            .split_once('"')
+            .expect("a route path is a string literal");
         let rest = rest.trim_start_matches([',', ' ', '\n']);
-        let method = rest.split('(').next().expect("a method router follows the path");
+        let method = rest
+            .split('(')
+            .next()
+            .expect("a method router follows the path");
         let method = Method::from_bytes(method.trim().to_uppercase().as_bytes())
             .expect("routes use get(..) or post(..)");
         routes.push((method, path.replace("{id}", "0123abcd")));
@@ -119,7 +124,9 @@ async fn call(method: Method, path: &str) -> (StatusCode, String) {
         .method(method.clone())
         .uri(path)
         .header("content-type", "application/json")
-        .body(Body::from(r#"{"endpoint": "http://127.0.0.1:9/elsewhere"}"#))
+        .body(Body::from(
+            r#"{"endpoint": "http://127.0.0.1:9/elsewhere"}"#,
+        ))
         .expect("the request is well formed");
     let response = app().oneshot(request).await.expect("the router answers");
     let status = response.status();
@@ -132,10 +139,17 @@ async fn call(method: Method, path: &str) -> (StatusCode, String) {
 #[tokio::test]
 async fn every_documented_route_answers() {
     let routes = documented();
-    assert!(routes.len() >= 6, "the description lists the routes: {routes:?}");
+    assert!(
+        routes.len() >= 6,
+        "the description lists the routes: {routes:?}"
+    );
     for (method, path) in routes {
         let (status, body) = call(method.clone(), &path).await;
-        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {body}");
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {body}"
+        );
         assert!(
             !body.contains("\"not_found\""),
             "{method} {path} is documented but not routed: {status} {body}"
@@ -162,12 +176,22 @@ async fn every_route_is_documented() {
 async fn other_methods_are_refused_with_json() {
     let documented = documented();
     for (_, path) in &documented {
-        for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ] {
             if documented.contains(&(method.clone(), path.clone())) {
                 continue;
             }
             let (status, body) = call(method.clone(), path).await;
-            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {body}"
+            );
             let json: Value = serde_json::from_str(&body).expect("a 405 is JSON");
             assert_eq!(json["error"]["code"], "method_not_allowed");
             assert!(json.get("galaxy").is_some(), "{body}");
