@@ -1,9 +1,11 @@
 //! The HTTP API: routes, request parsing, and the one place where answers and statuses are
 //! chosen.
 //!
-//! Every answer is JSON and carries the `galaxy` key the Laniakea Dashboard reads, errors
-//! included: the dashboard reads `response.json()["galaxy"]` without looking at the status,
-//! and a page that is not JSON would crash it.
+//! Every answer under the API prefix is JSON and carries the `galaxy` key the Laniakea
+//! Dashboard reads, errors included: the dashboard reads `response.json()["galaxy"]` without
+//! looking at the status, and a page that is not JSON would crash it. Only `/metrics`, for
+//! Prometheus, answers in text. Each request gets an id, named in its answer and its log
+//! entries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(assign_request_id))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("the request handler panicked".to_owned()).into_response()
         }))
@@ -284,6 +287,21 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The id of one request, as its answer and its log entries name it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Gives every request its id before anything else looks at it.
+async fn assign_request_id(mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(RequestId(new_id()));
+    next.run(request).await
+}
+
+/// The request's id; one is made up if the request never went through the router's layer.
+fn request_id(extension: Option<axum::Extension<RequestId>>) -> String {
+    extension.map_or_else(new_id, |id| id.0 .0)
+}
+
 /// Lets a request through only with credentials the configured mode accepts. A refused
 /// request is logged with the reason, never with its token, and goes no further: nothing is
 /// parsed, probed or restarted for it.
@@ -299,10 +317,14 @@ async fn require_caller(State(app): State<AppState>, mut request: Request, next:
             next.run(request).await
         }
         Err(error) => {
-            tracing::warn!(message_id = message_id::REQUEST_REFUSED, path = request.uri().path(),
-                error = error.code(), reason = %error,
+            let id = request
+                .extensions()
+                .get::<RequestId>()
+                .map_or_else(new_id, |id| id.0.clone());
+            tracing::warn!(message_id = message_id::REQUEST_REFUSED, request_id = %id,
+                path = request.uri().path(), error = error.code(), reason = %error,
                 "request refused");
-            ApiError::Auth(error).into_response()
+            ApiError::Auth(error).respond(&[("request_id", Value::String(id))])
         }
     }
 }
@@ -319,6 +341,7 @@ async fn method_not_allowed() -> ApiError {
 async fn info(State(app): State<AppState>) -> Json<Value> {
     let settings = &app.settings;
     Json(json!({
+        "galaxy": last_known(&app).as_str(),
         "name": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
         "bus": settings.bus,
@@ -328,6 +351,18 @@ async fn info(State(app): State<AppState>) -> Json<Value> {
         },
         "status": app.status.text(),
     }))
+}
+
+/// Galaxy's state as far as the last probe and a recovery under way tell; nothing is probed.
+fn last_known(app: &AppState) -> Galaxy {
+    if app.recovery.running().is_some() {
+        return Galaxy::Starting;
+    }
+    match app.prober.last() {
+        Some(probe) if probe.online => Galaxy::Online,
+        Some(_) => Galaxy::Unavailable,
+        None => Galaxy::Unknown,
+    }
 }
 
 /// `GET /metrics`: the counters in the Prometheus text format.
@@ -357,12 +392,7 @@ async fn status(State(app): State<AppState>) -> Response {
 
     let last_probe = app.prober.last();
     let running = app.recovery.running();
-    let galaxy = match (&running, &last_probe) {
-        (Some(_), _) => Galaxy::Starting,
-        (None, Some(probe)) if probe.online => Galaxy::Online,
-        (None, Some(_)) => Galaxy::Unavailable,
-        (None, None) => Galaxy::Unknown,
-    };
+    let galaxy = last_known(&app);
     let last_recovery = app.recovery.last().map(|report| {
         let mut recovery = json!({
             "id": report.id,
@@ -392,9 +422,10 @@ async fn status(State(app): State<AppState>) -> Response {
 /// of its configuration, say). Answers at once with the operation to follow.
 async fn restart(
     State(app): State<AppState>,
+    id: Option<axum::Extension<RequestId>>,
     caller: Option<axum::Extension<Identity>>,
 ) -> Response {
-    let request_id = new_id();
+    let request_id = request_id(id);
     let subject = caller.map(|c| c.0.subject).unwrap_or_default();
     let span = tracing::info_span!("request", request_id = %request_id, caller = %subject);
     let _entered = span.enter();
@@ -462,11 +493,12 @@ struct StartupRequest {
 /// `POST /galaxy-startup`: answers whether Galaxy is online, bringing it back first if not.
 async fn galaxy_startup(
     State(app): State<AppState>,
+    id: Option<axum::Extension<RequestId>>,
     caller: Option<axum::Extension<Identity>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = new_id();
+    let request_id = request_id(id);
     let subject = caller.map(|c| c.0.subject).unwrap_or_default();
     let span = tracing::info_span!("request", request_id = %request_id, caller = %subject);
     let id = ("request_id", Value::String(request_id.clone()));
