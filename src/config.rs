@@ -482,3 +482,119 @@ fn check_unit_name(name: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[auth]\nissuers = [\"https://iam.example.org/\"]\n";
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, Path::new("test.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text)
+            .expect_err("the configuration is refused")
+            .to_string()
+    }
+
+    #[test]
+    fn the_example_file_holds_the_defaults() {
+        let example = include_str!("../config/config.example.toml");
+        let from_example = parse(example).expect("the example configuration is valid");
+        let defaults = parse(MINIMAL).expect("a minimal configuration is valid");
+        assert_eq!(from_example.listen, defaults.listen);
+        assert_eq!(from_example.bus, defaults.bus);
+        assert_eq!(from_example.galaxy_units, defaults.galaxy_units);
+        assert_eq!(from_example.galaxy_urls, defaults.galaxy_urls);
+        assert_eq!(from_example.nginx_unit, defaults.nginx_unit);
+        assert_eq!(from_example.nginx_restart, defaults.nginx_restart);
+        assert_eq!(from_example.probe.timeout, DEFAULT_PROBE_TIMEOUT);
+        assert_eq!(from_example.probe.interval, DEFAULT_PROBE_INTERVAL);
+        assert_eq!(from_example.recovery.answer_budget, DEFAULT_ANSWER_BUDGET);
+        assert_eq!(
+            from_example.recovery.readiness_deadline,
+            DEFAULT_READINESS_DEADLINE
+        );
+        assert_eq!(from_example.recovery.max_recoveries, DEFAULT_MAX_RECOVERIES);
+        assert_eq!(
+            from_example.recovery.failure_cooldown,
+            DEFAULT_FAILURE_COOLDOWN
+        );
+        assert_eq!(from_example.auth.mode, AuthMode::Oidc);
+        assert_eq!(from_example.auth.leeway, DEFAULT_AUTH_LEEWAY);
+        assert!(from_example.tls.is_none());
+    }
+
+    #[test]
+    fn the_default_refuses_unauthenticated_restarts() {
+        assert!(error("").contains("auth.issuers"), "{}", error(""));
+        let none = parse("[auth]\nmode = \"none\"\n").expect("none may be written explicitly");
+        assert_eq!(none.auth.mode, AuthMode::None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("listen = \"nowhere\"\n", "listen"),
+            ("[galaxy]\nunits = []\n", "galaxy.units"),
+            ("[galaxy]\nunits = [\"galaxy\"]\n", "galaxy.units"),
+            ("[galaxy]\nunits = [\"../x.service\"]\n", "galaxy.units"),
+            ("[galaxy]\nurls = [\"ftp://x/galaxy\"]\n", "galaxy.urls"),
+            (
+                "[galaxy]\nurls = [\"http://u:p@x/galaxy\"]\n",
+                "galaxy.urls",
+            ),
+            ("[nginx]\nunit = \"galaxy.service\"\n", "nginx.unit"),
+            ("[probe]\ntimeout = \"0s\"\n", "probe.timeout"),
+            (
+                "[probe]\nconnect_timeout = \"20s\"\n",
+                "probe.connect_timeout",
+            ),
+            (
+                "[probe]\nreadiness_socket = \"/run/g.sock\"\n",
+                "probe.readiness_url",
+            ),
+            (
+                "[recovery]\nmax_recoveries = 0\n",
+                "recovery.max_recoveries",
+            ),
+            (
+                "[auth]\nissuers = [\"http://iam.example.org/\"]\n",
+                "auth.issuers",
+            ),
+            ("[tls]\ncertificate = \"/c.pem\"\n", "tls.key"),
+        ] {
+            let text = if text.contains("[auth]") {
+                text.to_owned()
+            } else {
+                format!("{MINIMAL}{text}")
+            };
+            let message = error(&text);
+            assert!(
+                message.contains(key),
+                "`{text}` gave `{message}`, not naming {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(error("colour = \"blue\"\n").contains("colour"));
+        assert!(error("[probe]\ntimeout = \"soon\"\n").contains("timeout"));
+        assert!(error("bus = \"session\"\n").contains("bus"));
+    }
+
+    #[test]
+    fn a_missing_default_file_means_defaults_but_a_named_one_must_exist() {
+        let missing = Path::new("/nonexistent/galaxyctl-api.toml");
+        assert!(matches!(
+            Settings::load(missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+        // The defaults themselves need an issuer, so the implicit file fails on that key.
+        let message = Settings::load(missing, false).unwrap_err().to_string();
+        assert!(message.contains("auth.issuers"), "{message}");
+    }
+}
