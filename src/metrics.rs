@@ -117,6 +117,11 @@ impl Metrics {
         self.recovery_seconds.observe(duration.as_secs_f64());
     }
 
+    /// A recovery that ended without an outcome (its task died).
+    pub fn recovery_abandoned(&self) {
+        self.in_flight.dec();
+    }
+
     pub fn restarted(&self, unit: &str, result: &str) {
         self.restarts
             .get_or_create(&RestartLabels {

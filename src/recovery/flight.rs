@@ -17,6 +17,36 @@ use crate::systemd::JobOutcome;
 /// How often the members of a target are asked whether a job of theirs is still pending.
 const MEMBER_JOB_POLL: Duration = Duration::from_millis(200);
 
+/// Cleans up after a flight that ended without an outcome.
+struct Unfinished {
+    recovery: Arc<Recovery>,
+    progress: watch::Receiver<Progress>,
+    finished: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::error!("recovery ended without an outcome");
+        self.recovery.metrics.recovery_abandoned();
+        // A panic elsewhere may have poisoned the lock; the state it guards is still whole.
+        let mut flights = self
+            .recovery
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if flights
+            .current
+            .as_ref()
+            .is_some_and(|current| current.same_channel(&self.progress))
+        {
+            flights.current = None;
+        }
+    }
+}
+
 /// One recovery in its task.
 pub(super) struct Flight {
     recovery: Arc<Recovery>,
@@ -51,6 +81,13 @@ impl Flight {
     }
 
     pub(super) async fn run(mut self, trigger: Trigger) {
+        // Should this task die before the end (a panic), requests must not go on joining a
+        // recovery that will never finish: the guard lets the next request start a new one.
+        let mut guard = Unfinished {
+            recovery: self.recovery.clone(),
+            progress: self.tx.subscribe(),
+            finished: false,
+        };
         let outcome = match trigger {
             Trigger::Down(probe) => {
                 tracing::info!(message_id = message_id::RECOVERY_STARTED, endpoint = %self.url,
@@ -120,6 +157,7 @@ impl Flight {
         flights.last = Some((Instant::now(), report.clone()));
         self.operation.finish(report.clone());
         self.tx.send_replace(Progress::Finished(report));
+        guard.finished = true;
     }
 
     async fn recover(&mut self, mut probe: Probe) -> Result<(), Failure> {
