@@ -417,7 +417,9 @@ impl Flight {
         ));
         self.operation
             .step(format!("waiting for Galaxy at {} to answer", self.url));
-        let deadline = self.started + plan.readiness_deadline;
+        // The deadline counts from the restart, not from the start of the recovery: a slow
+        // nginx phase or restart job does not eat into Galaxy's time to start.
+        let deadline = Instant::now() + plan.readiness_deadline;
         // With a readiness URL, Galaxy itself is asked first; the endpoint (through nginx)
         // is asked once Galaxy says it is ready.
         let mut ready = !plan.prober.has_readiness_probe();

@@ -84,8 +84,8 @@ impl fmt::Display for Failure {
             Failure::ProbeBroken { detail } => write!(f, "Galaxy cannot be probed: {detail}"),
             Failure::Deadline { after, last_probe } => write!(
                 f,
-                "Galaxy did not answer within {}s of the restart (last probe: {last_probe})",
-                after.as_secs()
+                "Galaxy did not answer within {} of the restart (last probe: {last_probe})",
+                humantime::format_duration(*after)
             ),
         }
     }

@@ -95,7 +95,7 @@ pub struct JobOutcome {
 }
 
 /// A unit's state as systemd reports it now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UnitState {
     pub unit: String,
     pub load_state: String,
