@@ -52,6 +52,10 @@ pub enum Command {
     CheckConfig,
 }
 
+/// The exit status of `serve` when the configuration cannot be used (`EX_CONFIG` of
+/// sysexits.h). The unit's `RestartPreventExitStatus=` names it.
+pub const EXIT_CONFIG: u8 = 78;
+
 /// Runs the command line; what `main` calls.
 pub fn run(cli: Cli) -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve);
@@ -72,7 +76,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");
             eprintln!("galaxyctl-api: {e}");
-            return ExitCode::FAILURE;
+            // The service's unit does not restart on this status: a restart cannot fix the file.
+            return match command {
+                Command::Serve => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
 
@@ -101,7 +109,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "failed");
             eprintln!("galaxyctl-api: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<crate::server::Unusable>() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -274,7 +274,7 @@ impl Settings {
     pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: parse_message(text, &e),
         })?;
         let invalid = |key, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -444,6 +444,39 @@ impl Settings {
             tls,
         })
     }
+}
+
+/// toml's message on one line, led by the dotted key at fault when the error points into a
+/// `key = value` line: toml names the line and column, not the table the key belongs to.
+fn parse_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.to_string().trim_end().replace('\n', " ");
+    match error.span().and_then(|span| key_at(text, span.start)) {
+        Some(key) => format!("key `{key}`: {message}"),
+        None => message,
+    }
+}
+
+/// The dotted key of the `key = value` line holding byte `offset` of `text`: the key on that
+/// line, under the last `[table]` header above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..].split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with(['[', '#']) || key.contains('\n') {
+        return None;
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .and_then(|header| header.get(1..header.find(']')?))
+        .map(str::trim);
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
 }
 
 /// A Galaxy URL from the configuration: http(s), a host, no credentials, no query.

@@ -22,14 +22,20 @@ use crate::probe::Prober;
 use crate::recovery::Recovery;
 use crate::systemd::Systemd;
 
+/// A file the configuration names (tokens, certificate, key) cannot be used: like an invalid
+/// configuration, only an administrator can fix it, so restarting does not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Unusable(pub anyhow::Error);
+
 /// Runs the service until SIGTERM or SIGINT. `path` is re-read on SIGHUP.
 pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
 
     // What needs no one else comes first, so a bad file fails before anything is opened.
-    let auth = authenticator(&settings)?;
+    let auth = authenticator(&settings).map_err(Unusable)?;
     let tls = match &settings.tls {
-        Some(tls) => Some(listener::tls_acceptor(&tls.certificate, &tls.key)?),
+        Some(tls) => Some(listener::tls_acceptor(&tls.certificate, &tls.key).map_err(Unusable)?),
         None => None,
     };
     let prober = Prober::new(&settings.probe).context("cannot build the HTTP client")?;

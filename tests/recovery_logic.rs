@@ -121,7 +121,7 @@ async fn unit_failing_while_galaxy_starts_stops_the_wait_as_unit_failed() {
     assert_eq!(code(&report), "unit_failed", "{:?}", report.outcome);
     assert_eq!(
         report.units[0].state.as_ref().unwrap().active_state,
-        "active"
+        "failed"
     );
     let message = report.outcome.as_ref().unwrap_err().to_string();
     assert!(message.contains("galaxy.service"), "{message}");

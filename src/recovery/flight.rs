@@ -410,7 +410,7 @@ impl Flight {
     }
 
     /// Probes until Galaxy answers, a Galaxy unit fails or the readiness deadline passes.
-    async fn wait_for_galaxy(&self, plan: &Plan) -> Result<(), Failure> {
+    async fn wait_for_galaxy(&mut self, plan: &Plan) -> Result<(), Failure> {
         self.recovery.status.recovery(format!(
             "restarted {}, waiting for Galaxy",
             plan.galaxy_units.join(", ")
@@ -459,14 +459,28 @@ impl Flight {
             }
 
             // A unit whose job ended `done` can still die right after: stop waiting then.
-            for unit in plan.galaxy_units.iter().chain(&self.watched) {
+            let units: Vec<String> = plan
+                .galaxy_units
+                .iter()
+                .chain(&self.watched)
+                .cloned()
+                .collect();
+            for unit in &units {
                 match self.recovery.control.unit_state(unit).await {
                     Ok(state) if state.is_failed() => {
                         tracing::error!(unit = %unit, result = state.result.as_deref().unwrap_or(""),
                             "unit failed while Galaxy was starting");
+                        self.operation.step(format!("{unit} is {state}"));
+                        let result = state.result.clone();
+                        // The answer shows the unit as it is now, not as it was when its job
+                        // ended.
+                        if let Some(report) = self.units.iter_mut().rev().find(|r| r.unit == *unit)
+                        {
+                            report.state = Some(state);
+                        }
                         return Err(Failure::UnitFailed {
                             unit: unit.clone(),
-                            result: state.result,
+                            result,
                         });
                     }
                     Ok(_) => {}

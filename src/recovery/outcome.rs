@@ -98,7 +98,7 @@ pub struct UnitReport {
     /// The restart job and how it ended, when it was queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobOutcome>,
-    /// The unit's state once its job ended.
+    /// The unit's state once its job ended, or later when it was then found failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<UnitState>,
     /// The error systemd answered, with its D-Bus name.
