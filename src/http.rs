@@ -518,8 +518,10 @@ async fn startup(
 ) -> Result<(StatusCode, Value), ApiError> {
     let url = parse_startup(headers, body, &app.settings.galaxy_urls).await?;
 
-    let probed_at = Instant::now();
-    let probe = app.prober.probe(&url).await;
+    let probe = app.prober.probe_shared(&url).await;
+    // A shared probe may have started before this request: a recovery that ended since it
+    // started is the one that answers this request.
+    let probed_at = probe.started;
     tracing::info!(endpoint = %url, verdict = %probe.verdict,
         http_status = probe.http_status().unwrap_or(0),
         duration_ms = probe.duration.as_millis() as u64, "probe");

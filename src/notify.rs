@@ -63,6 +63,9 @@ where
 pub struct StatusLine {
     listening: String,
     parts: Mutex<Parts>,
+    /// The text systemd last heard. Times are to the second, so on a busy server the line
+    /// is sent at most about once a second, not on every request.
+    sent: Mutex<String>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +80,7 @@ impl StatusLine {
         StatusLine {
             listening,
             parts: Mutex::new(Parts::default()),
+            sent: Mutex::new(String::new()),
         }
     }
 
@@ -122,6 +126,14 @@ impl StatusLine {
                 .lock()
                 .expect("status lock is never held across a panic"),
         );
-        send(&[NotifyState::Status(&self.text())]);
+        let text = self.text();
+        let mut sent = self
+            .sent
+            .lock()
+            .expect("status lock is never held across a panic");
+        if *sent != text {
+            send(&[NotifyState::Status(&text)]);
+            *sent = text;
+        }
     }
 }

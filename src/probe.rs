@@ -5,12 +5,14 @@
 //! no answer in time points at Galaxy. A TLS or name-resolution failure is neither: restarting
 //! units would not fix it, so it is reported as such.
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use url::Url;
@@ -30,10 +32,12 @@ pub enum Verdict {
     Broken { detail: String },
 }
 
-/// One probe: its verdict and how long it took.
+/// One probe: its verdict, when it started and how long it took.
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub verdict: Verdict,
+    /// When the GET was sent; for a shared probe, earlier than the request that shared it.
+    pub started: Instant,
     pub duration: Duration,
 }
 
@@ -70,6 +74,17 @@ impl fmt::Display for Verdict {
     }
 }
 
+type SharedProbe = Shared<BoxFuture<'static, Probe>>;
+
+impl fmt::Debug for Prober {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prober")
+            .field("readiness_url", &self.readiness_url)
+            .field("readiness_socket", &self.readiness_socket)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The last probe, as `GET /status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProbeRecord {
@@ -85,10 +100,12 @@ pub struct ProbeRecord {
 
 /// Probes Galaxy over HTTP(S). Cheap to clone; clones share one client and one record of
 /// the last probe.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Prober {
     client: reqwest::Client,
     last: Arc<Mutex<Option<ProbeRecord>>>,
+    /// Probes under way that requests arriving meanwhile share, by URL.
+    in_flight: Arc<Mutex<HashMap<Url, SharedProbe>>>,
     readiness_url: Option<Url>,
     readiness_socket: Option<PathBuf>,
     timeout: Duration,
@@ -112,6 +129,7 @@ impl Prober {
         Ok(Prober {
             client,
             last: Arc::default(),
+            in_flight: Arc::default(),
             readiness_url: settings.readiness_url.clone(),
             readiness_socket: settings.readiness_socket.clone(),
             timeout: settings.timeout,
@@ -127,6 +145,41 @@ impl Prober {
             Err(e) => classify(&e),
         };
         self.record(url, started, verdict)
+    }
+
+    /// Like [`Prober::probe`], but requests that arrive while a probe of the same URL is under
+    /// way share its verdict instead of sending one more GET each: a probe that started at
+    /// most one probe's time before the request is as good an answer, and a busy dashboard
+    /// then costs Galaxy one request at a time, not one per caller.
+    pub async fn probe_shared(&self, url: &Url) -> Probe {
+        let shared = {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .expect("probe lock is never held across a panic");
+            match in_flight.get(url) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let prober = self.clone();
+                    let target = url.clone();
+                    let shared = async move { prober.probe(&target).await }.boxed().shared();
+                    in_flight.insert(url.clone(), shared.clone());
+                    shared
+                }
+            }
+        };
+        let probe = shared.clone().await;
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .expect("probe lock is never held across a panic");
+        if in_flight
+            .get(url)
+            .is_some_and(|current| current.ptr_eq(&shared))
+        {
+            in_flight.remove(url);
+        }
+        probe
     }
 
     /// Whether a restarted Galaxy is ready: its readiness URL when one is configured (over
@@ -151,6 +204,7 @@ impl Prober {
     fn record(&self, url: &Url, started: Instant, verdict: Verdict) -> Probe {
         let probe = Probe {
             verdict,
+            started,
             duration: started.elapsed(),
         };
         let record = ProbeRecord {
@@ -338,6 +392,61 @@ mod tests {
             get_over_socket(&missing, &url, timeout).await,
             Verdict::Refused { .. }
         ));
+    }
+
+    /// An HTTP server that answers 200 after `delay` and counts its connections.
+    async fn slow_server(delay: Duration) -> (Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/galaxy", listener.local_addr().unwrap())).unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = vec![0; 4096];
+                    let _ = stream.read(&mut request).await;
+                    tokio::time::sleep(delay).await;
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, connections)
+    }
+
+    fn prober() -> Prober {
+        Prober::new(&ProbeSettings {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+            verify_tls: true,
+            readiness_url: None,
+            readiness_socket: None,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_probe() {
+        use std::sync::atomic::Ordering;
+        let (url, connections) = slow_server(Duration::from_millis(300)).await;
+        let prober = prober();
+
+        let probes =
+            futures_util::future::join_all((0..20).map(|_| prober.probe_shared(&url))).await;
+        assert!(probes.iter().all(Probe::is_online));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "one GET for all twenty"
+        );
+
+        // Once it ended, the next request probes anew.
+        assert!(prober.probe_shared(&url).await.is_online());
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -442,6 +442,7 @@ impl Flight {
                         status: None,
                         detail: "Galaxy is not ready yet".to_owned(),
                     },
+                    started: Instant::now(),
                     duration: Duration::ZERO,
                 }
             };
