@@ -148,13 +148,15 @@ fn check_config(path: &std::path::Path, settings: &Settings) -> ExitCode {
 
 async fn connect(settings: &Settings) -> anyhow::Result<Systemd> {
     let bus = crate::server::bus_name(settings.bus);
-    Systemd::connect(
+    let systemd = Systemd::connect(
         settings.bus,
         settings.recovery.bus_timeout,
         settings.recovery.job_timeout,
     )
     .await
-    .with_context(|| format!("cannot connect to systemd on the {bus} bus"))
+    .with_context(|| format!("cannot connect to systemd on the {bus} bus"))?;
+    systemd.allow(crate::server::managed_units(settings));
+    Ok(systemd)
 }
 
 async fn status(settings: Settings) -> anyhow::Result<bool> {

@@ -48,6 +48,7 @@ pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("cannot connect to systemd on the {bus} bus"))?;
+    systemd.allow(managed_units(&settings));
     let version = systemd.version().await.context("systemd does not answer")?;
     tracing::info!(bus, systemd_version = %version, "connected to systemd");
     let systemd = Arc::new(systemd);
@@ -116,7 +117,7 @@ pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
             }
             _ = hangup.recv() => {
                 notify::reloading();
-                match reload(&path, &state) {
+                match reload(&path, &state, &systemd) {
                     Ok(reloaded) => {
                         state = reloaded;
                         let _previous = router_tx.send_replace(router(state.clone()));
@@ -148,7 +149,7 @@ pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
 
 /// Reads and checks the configuration again and returns the state to serve with. What only
 /// a restart can change (the listening address, TLS, the bus) is reported and kept as is.
-fn reload(path: &Path, current: &AppState) -> anyhow::Result<AppState> {
+fn reload(path: &Path, current: &AppState, systemd: &Systemd) -> anyhow::Result<AppState> {
     let settings = Settings::load(path, false)?;
     let auth = authenticator(&settings)?;
     let prober = Prober::new(&settings.probe).context("cannot build the HTTP client")?;
@@ -163,6 +164,7 @@ fn reload(path: &Path, current: &AppState) -> anyhow::Result<AppState> {
         tracing::warn!("listen, bus and tls take effect only when the service restarts");
     }
 
+    systemd.allow(managed_units(&settings));
     current.recovery.reconfigure(&settings, prober.clone());
     Ok(AppState {
         settings: Arc::new(settings),
@@ -171,6 +173,13 @@ fn reload(path: &Path, current: &AppState) -> anyhow::Result<AppState> {
         status: current.status.clone(),
         auth: Arc::new(auth),
     })
+}
+
+/// The units the configuration lets the service restart.
+pub fn managed_units(settings: &Settings) -> Vec<String> {
+    let mut units = settings.galaxy_units.clone();
+    units.push(settings.nginx_unit.clone());
+    units
 }
 
 fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {

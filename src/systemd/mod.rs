@@ -41,6 +41,9 @@ pub enum SystemdError {
     /// The job did not end within the configured time.
     #[error("the job of {unit} did not finish within {timeout:?}")]
     JobTimeout { unit: String, timeout: Duration },
+    /// The unit is not one this service manages; nothing was asked of systemd.
+    #[error("{unit} is not a unit this service may restart")]
+    NotAllowed { unit: String },
 }
 
 impl SystemdError {
@@ -274,7 +277,7 @@ impl SystemdError {
         match self {
             SystemdError::Remote { name, .. } => TRANSIENT_ERRORS.contains(&name.as_str()),
             SystemdError::Bus(_) => true,
-            SystemdError::JobTimeout { .. } => false,
+            SystemdError::JobTimeout { .. } | SystemdError::NotAllowed { .. } => false,
         }
     }
 }
@@ -288,6 +291,8 @@ pub struct Systemd {
     call_timeout: Duration,
     job_timeout: Duration,
     link: tokio::sync::Mutex<Arc<Link>>,
+    /// The only units [`Systemd::restart`] acts on; none until [`Systemd::allow`] is called.
+    allowed: std::sync::Mutex<Vec<String>>,
 }
 
 impl Systemd {
@@ -306,7 +311,31 @@ impl Systemd {
             call_timeout,
             job_timeout,
             link: tokio::sync::Mutex::new(Arc::new(link)),
+            allowed: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Names the units that may be restarted: those of the configuration. Whatever a caller
+    /// manages to ask for, no other unit is ever restarted through this connection.
+    pub fn allow(&self, units: Vec<String>) {
+        *self
+            .allowed
+            .lock()
+            .expect("allow-list lock is never held across a panic") = units;
+    }
+
+    fn check_allowed(&self, unit: &str) -> Result<(), SystemdError> {
+        let allowed = self
+            .allowed
+            .lock()
+            .expect("allow-list lock is never held across a panic");
+        if allowed.iter().any(|u| u == unit) {
+            Ok(())
+        } else {
+            Err(SystemdError::NotAllowed {
+                unit: unit.to_owned(),
+            })
+        }
     }
 
     /// The current connection, made again first if it broke.
@@ -366,6 +395,7 @@ impl Systemd {
     /// instead of asking again; if the connection breaks while waiting, the job is followed
     /// on a new one.
     pub async fn restart(&self, unit: &str) -> Result<JobOutcome, SystemdError> {
+        self.check_allowed(unit)?;
         let deadline = Instant::now() + self.job_timeout;
         let timed_out = || SystemdError::JobTimeout {
             unit: unit.to_owned(),
