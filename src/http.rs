@@ -641,7 +641,8 @@ async fn parse_startup(
         EndpointError::Invalid(_) => ApiError::InvalidEndpoint(e.to_string()),
         EndpointError::NotAllowed => {
             tracing::warn!(message_id = message_id::REQUEST_REFUSED,
-                error = "endpoint_not_allowed", endpoint = %endpoint, "request refused");
+                error = "endpoint_not_allowed", endpoint = %endpoint,
+                reason = "the endpoint is not under any of galaxy.urls", "request refused");
             ApiError::EndpointNotAllowed
         }
     })

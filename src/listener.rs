@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
@@ -100,7 +101,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
+    // `graceful` only counts the connections (each task holds a watcher until it ends);
+    // `stop` tells them to finish, see `serve_until_stopped`.
     let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -125,12 +129,17 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.into_service::<Incoming>());
         let http = http.clone();
         let watcher = graceful.watcher();
+        let stop = stop_rx.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let result = match tls {
                 None => {
+                    // A connection the kernel handed over is answered even when shutdown
+                    // starts now: hyper closes one that has not read a request yet, so the
+                    // client's first bytes are waited for (readiness alone can be spurious).
+                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, tcp.peek(&mut [0; 1])).await;
                     let conn = http.serve_connection(TokioIo::new(tcp), service);
-                    watcher.watch(conn).await
+                    serve_until_stopped(conn, stop).await
                 }
                 Some(tls) => {
                     let stream =
@@ -146,9 +155,10 @@ pub async fn serve(
                             }
                         };
                     let conn = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    serve_until_stopped(conn, stop).await
                 }
             };
+            drop(watcher);
             if let Err(e) = result {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
@@ -156,10 +166,33 @@ pub async fn serve(
     }
 
     drop(listener);
+    let _ = stop_tx.send(true);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_s = grace.as_secs(), "requests still open at shutdown were dropped");
         }
     }
+}
+
+type Service = TowerToHyperService<axum::routing::RouterIntoService<Incoming>>;
+
+/// Serves `conn` until it ends; once `stop` is set, the request under way is answered and the
+/// connection closed. The connection is polled before `stop` is looked at, so a request that
+/// has arrived is read, and answered, rather than closed with a connection hyper sees idle.
+async fn serve_until_stopped<I>(
+    conn: hyper::server::conn::http1::Connection<I, Service>,
+    mut stop: watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        biased;
+        result = conn.as_mut() => return result,
+        _ = stop.wait_for(|stop| *stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }

@@ -725,7 +725,13 @@ async fn keys_are_fetched_once_and_cached_across_requests() {
 
     assert_eq!(idp.discovery_requests(), 1);
     assert_eq!(idp.jwks_requests(), 1);
-    assert_eq!(galaxy.requests(), 30);
+    // Every authenticated request was let through to a probe: the twenty one after another
+    // each sent their own, the ten concurrent ones may have shared one under way.
+    let probes = galaxy.requests();
+    assert!(
+        (21..=30).contains(&probes),
+        "{probes} probes reached Galaxy"
+    );
 }
 
 #[tokio::test]

@@ -100,7 +100,8 @@ impl Flight {
             }
             Trigger::Explicit => {
                 tracing::info!(message_id = message_id::RECOVERY_STARTED, endpoint = %self.url,
-                    trigger = "restart", "recovery started");
+                    verdict = "not probed, a restart was asked for", trigger = "restart",
+                    "recovery started");
                 self.operation.step("restart of the Galaxy units asked for");
                 self.restart_galaxy(false).await
             }
@@ -249,7 +250,7 @@ impl Flight {
         let mut first_failure = None;
         for member in &members {
             let state = control.unit_state(member).await.map_err(bus_failure)?;
-            tracing::info!(unit = %member, target, active_state = %state.active_state,
+            tracing::info!(unit = %member, part_of = target, active_state = %state.active_state,
                 sub_state = %state.sub_state, result = state.result.as_deref().unwrap_or(""),
                 "unit state");
             self.operation.step(format!("{member} is {state}"));
