@@ -211,6 +211,7 @@ pub struct AuthSettings {
 pub struct ProbeSettings {
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// The longest pause between probes while waiting for a restarted Galaxy.
     pub interval: Duration,
     /// Whether probes check the certificate of an https endpoint. Laniakea hosts often carry a
     /// self-signed one; turning this off is then the only way to probe them over https.

@@ -14,6 +14,10 @@ use crate::logging::message_id;
 use crate::probe::{Probe, Verdict};
 use crate::systemd::JobOutcome;
 
+/// The first pause between probes while waiting for a restarted Galaxy; it doubles up to the
+/// configured interval.
+const FIRST_WAIT_PROBE_PAUSE: Duration = Duration::from_millis(10);
+
 /// How often the members of a target are asked whether a job of theirs is still pending.
 const MEMBER_JOB_POLL: Duration = Duration::from_millis(200);
 
@@ -424,6 +428,10 @@ impl Flight {
         // With a readiness URL, Galaxy itself is asked first; the endpoint (through nginx)
         // is asked once Galaxy says it is ready.
         let mut ready = !plan.prober.has_readiness_probe();
+        // Probes come quickly at first and then slow down to the configured interval: a
+        // Galaxy that is back within moments is seen within moments, and one that takes
+        // minutes is not asked more than once an interval for most of them.
+        let mut pause = FIRST_WAIT_PROBE_PAUSE.min(plan.probe_interval);
         loop {
             if !ready {
                 let probe = plan.prober.probe_ready(&self.url).await;
@@ -490,7 +498,8 @@ impl Flight {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(plan.probe_interval.min(left)).await;
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(plan.probe_interval);
         }
     }
 
