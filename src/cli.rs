@@ -16,7 +16,6 @@ use crate::logging;
 use crate::notify::StatusLine;
 use crate::probe::Prober;
 use crate::recovery::{Progress, Recovery, Trigger, UnitControl};
-use crate::systemd::Systemd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -146,21 +145,8 @@ fn check_config(path: &std::path::Path, settings: &Settings) -> ExitCode {
     }
 }
 
-async fn connect(settings: &Settings) -> anyhow::Result<Systemd> {
-    let bus = crate::server::bus_name(settings.bus);
-    let systemd = Systemd::connect(
-        settings.bus,
-        settings.recovery.bus_timeout,
-        settings.recovery.job_timeout,
-    )
-    .await
-    .with_context(|| format!("cannot connect to systemd on the {bus} bus"))?;
-    systemd.allow(crate::server::managed_units(settings));
-    Ok(systemd)
-}
-
 async fn status(settings: Settings) -> anyhow::Result<bool> {
-    let systemd = connect(&settings).await?;
+    let systemd = crate::server::connect(&settings).await?;
     let prober = Prober::new(&settings.probe)?;
     let url = &settings.galaxy_urls[0];
     let probe = prober.probe(url).await;
@@ -199,7 +185,7 @@ async fn startup(settings: Settings, endpoint: Option<String>) -> anyhow::Result
         Some(endpoint) => crate::endpoint::check(&endpoint, &settings.galaxy_urls)?,
         None => settings.galaxy_urls[0].clone(),
     };
-    let systemd: Arc<dyn UnitControl> = Arc::new(connect(&settings).await?);
+    let systemd: Arc<dyn UnitControl> = Arc::new(crate::server::connect(&settings).await?);
     let prober = Prober::new(&settings.probe)?;
 
     let probed_at = Instant::now();

@@ -41,14 +41,7 @@ pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
     let prober = Prober::new(&settings.probe).context("cannot build the HTTP client")?;
 
     let bus = bus_name(settings.bus);
-    let systemd = Systemd::connect(
-        settings.bus,
-        settings.recovery.bus_timeout,
-        settings.recovery.job_timeout,
-    )
-    .await
-    .with_context(|| format!("cannot connect to systemd on the {bus} bus"))?;
-    systemd.allow(managed_units(&settings));
+    let systemd = connect(&settings).await?;
     let version = systemd.version().await.context("systemd does not answer")?;
     tracing::info!(bus, systemd_version = %version, "connected to systemd");
     let systemd = Arc::new(systemd);
@@ -173,6 +166,20 @@ fn reload(path: &Path, current: &AppState, systemd: &Systemd) -> anyhow::Result<
         status: current.status.clone(),
         auth: Arc::new(auth),
     })
+}
+
+/// Connects to the configured bus's systemd, allowed to restart the configured units only.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Systemd> {
+    let bus = bus_name(settings.bus);
+    let systemd = Systemd::connect(
+        settings.bus,
+        settings.recovery.bus_timeout,
+        settings.recovery.job_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot connect to systemd on the {bus} bus"))?;
+    systemd.allow(managed_units(settings));
+    Ok(systemd)
 }
 
 /// The units the configuration lets the service restart.

@@ -28,8 +28,6 @@ use tower::ServiceExt;
 use fakes::{Answer, FakeSystemd, Galaxy, PATIENCE};
 use galaxyctl_api::auth::Authenticator;
 use galaxyctl_api::config::{ConfigError, Settings};
-use galaxyctl_api::http::{router, AppState};
-use galaxyctl_api::notify::StatusLine;
 
 const STARTUP: &str = "/galaxyctl_api/v1.0/galaxy-startup";
 const RESTART: &str = "/galaxyctl_api/v1.0/restart";
@@ -282,15 +280,7 @@ impl TestApp {
     fn new(galaxy: &Galaxy, auth: &str) -> TestApp {
         let settings = settings(galaxy, auth);
         let systemd = FakeSystemd::new(galaxy);
-        let (recovery, prober) = fakes::recovery(&settings, &systemd);
-        let auth = Authenticator::new(&settings.auth).expect("the authenticator starts");
-        let router = router(AppState {
-            settings: Arc::new(settings),
-            prober,
-            recovery,
-            status: Arc::new(StatusLine::new("test".to_owned())),
-            auth: Arc::new(auth),
-        });
+        let router = fakes::router(settings, &systemd);
         TestApp {
             router,
             galaxy: galaxy.clone(),

@@ -19,10 +19,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use fakes::{Answer, FakeSystemd, Galaxy};
-use galaxyctl_api::auth::Authenticator;
 use galaxyctl_api::config::Settings;
-use galaxyctl_api::http::{router, AppState};
-use galaxyctl_api::notify::StatusLine;
 
 const STARTUP: &str = "/galaxyctl_api/v1.0/galaxy-startup";
 
@@ -106,15 +103,7 @@ mode = "none"
     );
     let settings = Settings::parse(&text, Path::new("guard.toml")).expect("a valid config");
     let systemd = FakeSystemd::new(galaxy);
-    let (recovery, prober) = fakes::recovery(&settings, &systemd);
-    let auth = Authenticator::new(&settings.auth).expect("the authenticator starts");
-    let router = router(AppState {
-        settings: Arc::new(settings),
-        prober,
-        recovery,
-        status: Arc::new(StatusLine::new("test".to_owned())),
-        auth: Arc::new(auth),
-    });
+    let router = fakes::router(settings, &systemd);
     TestApp { router, systemd }
 }
 

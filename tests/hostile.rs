@@ -23,10 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use fakes::{Answer, FakeSystemd, Galaxy, PATIENCE};
-use galaxyctl_api::auth::Authenticator;
 use galaxyctl_api::config::Settings;
-use galaxyctl_api::http::{router, AppState, MAX_BODY_BYTES};
-use galaxyctl_api::notify::StatusLine;
+use galaxyctl_api::http::MAX_BODY_BYTES;
 
 const STARTUP: &str = "/galaxyctl_api/v1.0/galaxy-startup";
 const RESTART: &str = "/galaxyctl_api/v1.0/restart";
@@ -878,15 +876,7 @@ answer_budget = "5s"
         );
         let settings = Settings::parse(&text, Path::new("hostile.toml")).expect("a valid config");
         let systemd = FakeSystemd::new(&galaxy);
-        let (recovery, prober) = fakes::recovery(&settings, &systemd);
-        let auth = Authenticator::new(&settings.auth).expect("the authenticator starts");
-        let router = router(AppState {
-            settings: Arc::new(settings),
-            prober,
-            recovery,
-            status: Arc::new(StatusLine::new("test".to_owned())),
-            auth: Arc::new(auth),
-        });
+        let router = fakes::router(settings, &systemd);
         TestApp {
             router,
             galaxy,

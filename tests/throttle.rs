@@ -18,10 +18,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use fakes::{failed, Answer, FakeSystemd, Galaxy, Job, UnitScript};
-use galaxyctl_api::auth::Authenticator;
 use galaxyctl_api::config::Settings;
-use galaxyctl_api::http::{router, AppState};
-use galaxyctl_api::notify::StatusLine;
 
 const STARTUP: &str = "/galaxyctl_api/v1.0/galaxy-startup";
 const RESTART: &str = "/galaxyctl_api/v1.0/restart";
@@ -69,15 +66,7 @@ mode = "none"
         );
         let settings = Settings::parse(&text, Path::new("throttle.toml")).expect("a valid config");
         let systemd = FakeSystemd::new(galaxy);
-        let (recovery, prober) = fakes::recovery(&settings, &systemd);
-        let auth = Authenticator::new(&settings.auth).expect("the authenticator starts");
-        let router = router(AppState {
-            settings: Arc::new(settings),
-            prober,
-            recovery,
-            status: Arc::new(StatusLine::new("test".to_owned())),
-            auth: Arc::new(auth),
-        });
+        let router = fakes::router(settings, &systemd);
         TestApp {
             router,
             galaxy: galaxy.clone(),

@@ -491,6 +491,20 @@ failure_cooldown = "{failure_cooldown}"
     }
 }
 
+/// The whole API on the fake, as the service would build it from `settings`.
+pub fn router(settings: Settings, systemd: &Arc<FakeSystemd>) -> axum::Router {
+    let (recovery, prober) = recovery(&settings, systemd);
+    let auth =
+        galaxyctl_api::auth::Authenticator::new(&settings.auth).expect("the authenticator starts");
+    galaxyctl_api::http::router(galaxyctl_api::http::AppState {
+        settings: Arc::new(settings),
+        prober,
+        recovery,
+        status: Arc::new(StatusLine::new("test".to_owned())),
+        auth: Arc::new(auth),
+    })
+}
+
 /// A recovery on the fake, with the prober the settings describe.
 pub fn recovery(settings: &Settings, systemd: &Arc<FakeSystemd>) -> (Arc<Recovery>, Prober) {
     let prober = Prober::new(&settings.probe).expect("build the HTTP client");
