@@ -30,6 +30,10 @@ pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long one systemd job (the restart of one unit) may take before it is reported stuck.
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// A Galaxy unit that became active less than this ago is still starting: a galaxy-startup
+/// call waits for it rather than restarting it over. Galaxy takes about 25 s to start, a busy
+/// one minutes.
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(120);
 /// How long after the restart Galaxy has to answer before the recovery is declared failed.
 /// A busy production Galaxy can take minutes to start.
 pub const DEFAULT_READINESS_DEADLINE: Duration = Duration::from_secs(600);
@@ -159,6 +163,8 @@ struct RecoverySection {
     #[serde(default, with = "humantime_serde")]
     job_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    startup_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     readiness_deadline: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     answer_budget: Option<Duration>,
@@ -228,6 +234,8 @@ pub struct ProbeSettings {
 #[derive(Debug, Clone)]
 pub struct RecoverySettings {
     pub job_timeout: Duration,
+    /// A Galaxy unit active for less than this is waited for, not restarted.
+    pub startup_grace: Duration,
     pub readiness_deadline: Duration,
     pub answer_budget: Duration,
     pub bus_timeout: Duration,
@@ -354,6 +362,7 @@ impl Settings {
 
         let recovery = RecoverySettings {
             job_timeout: file.recovery.job_timeout.unwrap_or(DEFAULT_JOB_TIMEOUT),
+            startup_grace: file.recovery.startup_grace.unwrap_or(DEFAULT_STARTUP_GRACE),
             readiness_deadline: file
                 .recovery
                 .readiness_deadline

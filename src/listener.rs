@@ -26,6 +26,8 @@ use tokio_rustls::TlsAcceptor;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client has to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 512;
 /// The most headers one request may carry.
 const MAX_HEADERS: usize = 64;
 /// The most bytes of request line and headers buffered for one request.
@@ -111,8 +113,18 @@ pub async fn serve(
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEADER_BYTES);
 
+    // Each connection holds a permit: past the limit, new connections wait in the kernel's
+    // backlog instead of exhausting the process's file descriptors, which the service needs
+    // for its probes, the bus and systemd's notifications.
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -132,6 +144,7 @@ pub async fn serve(
         let stop = stop_rx.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let result = match tls {
                 None => {
                     // A connection the kernel handed over is answered even when shutdown

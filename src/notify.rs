@@ -38,7 +38,7 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
 }
 
-/// Feeds the watchdog at half its interval, each time only if `healthy` says so. A runtime
+/// Feeds the watchdog four times per interval, each time only if `healthy` says so. A runtime
 /// that no longer schedules tasks, or a service that cannot reach systemd, stops feeding it,
 /// and systemd restarts the service.
 pub fn spawn_watchdog<F, Fut>(interval: Duration, healthy: F) -> tokio::task::JoinHandle<()>
@@ -47,7 +47,8 @@ where
     Fut: std::future::Future<Output = bool> + Send,
 {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval / 2);
+        // A quarter of the interval: one late or skipped feed is not yet a kill.
+        let mut ticks = tokio::time::interval(interval / 4);
         loop {
             ticks.tick().await;
             if healthy().await {

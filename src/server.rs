@@ -80,7 +80,7 @@ pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
         let systemd = systemd.clone();
         notify::spawn_watchdog(interval, move || {
             let systemd = systemd.clone();
-            async move { healthy(&systemd, interval / 4).await }
+            async move { healthy(&systemd, interval / 8).await }
         })
     });
     let server = tokio::spawn(listener::serve(

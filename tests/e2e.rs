@@ -364,6 +364,33 @@ fn stopped_galaxy_behind_running_nginx_is_restarted() {
 }
 
 #[test]
+fn galaxy_still_starting_is_waited_for_not_restarted() {
+    // galaxy.service is active at once (Type=simple) but listens only after 4 s, as a Galaxy
+    // loading its app does; nginx answers 502 meanwhile.
+    let sandbox = Sandbox::builder()
+        .config(FAST_PROBES)
+        .config("[recovery]\nstartup_grace = \"2min\"\nanswer_budget = \"30s\"\n")
+        .galaxy_env(&[("STANDIN_START_DELAY", "4")])
+        .wait_galaxy(false)
+        .start();
+    sandbox.wait_active(GALAXY, SETTLE_TIMEOUT);
+    let galaxy = run_of(&sandbox, GALAXY);
+    let nginx = run_of(&sandbox, NGINX);
+    assert_eq!(galaxy_front(&sandbox).unwrap().status, 502);
+    let mark = mark(&sandbox);
+
+    let body = json_of(&startup(&sandbox), 200);
+    assert_eq!(body["galaxy"], "online", "{body:#}");
+    assert!(
+        reported_units(&body).is_empty(),
+        "nothing restarted: {body:#}"
+    );
+    assert_untouched(&sandbox, &mark, GALAXY, &galaxy);
+    assert_untouched(&sandbox, &mark, NGINX, &nginx);
+    assert_eq!(galaxy_front(&sandbox).unwrap().status, 200);
+}
+
+#[test]
 fn stopped_nginx_is_restarted_and_galaxy_left_alone() {
     let sandbox = sandbox_with("");
     let galaxy = run_of(&sandbox, GALAXY);

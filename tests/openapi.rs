@@ -42,9 +42,7 @@ impl UnitControl for AllActive {
                 sub_state: "running".to_owned(),
                 result: Some("success".to_owned()),
                 invocation_id: String::new(),
-                since: None,
-                main_pid: None,
-                n_restarts: None,
+                ..UnitState::default()
             })
         }
         .boxed()

@@ -107,7 +107,7 @@ impl Flight {
                     verdict = "not probed, a restart was asked for", trigger = "restart",
                     "recovery started");
                 self.operation.step("restart of the Galaxy units asked for");
-                self.restart_galaxy(false).await
+                self.restart_galaxy(false, true).await
             }
         };
         let duration = self.started.elapsed();
@@ -193,18 +193,36 @@ impl Flight {
             }
             Verdict::Unhealthy { .. } => {}
         }
-        self.restart_galaxy(nginx_restarted).await
+        self.restart_galaxy(nginx_restarted, false).await
     }
 
     /// Restarts the Galaxy units, and nginx too when the policy says so and it was not just
     /// restarted, then waits for Galaxy to answer.
-    async fn restart_galaxy(&mut self, nginx_restarted: bool) -> Result<(), Failure> {
+    async fn restart_galaxy(
+        &mut self,
+        nginx_restarted: bool,
+        explicit: bool,
+    ) -> Result<(), Failure> {
         let plan = self.plan.clone();
-        let mut units = plan.galaxy_units.clone();
+        let mut units = Vec::new();
+        for unit in &plan.galaxy_units {
+            // A Galaxy that is starting answers 502 until it is up: restarting it would only
+            // start it over. An explicit restart is asked for whatever the unit does.
+            if !explicit && self.still_starting(unit, &plan).await {
+                tracing::info!(unit = %unit, "unit is still starting, waiting for it");
+                self.operation.step(format!(
+                    "{unit} is still starting; not restarted, waited for"
+                ));
+            } else {
+                units.push(unit.clone());
+            }
+        }
         if !nginx_restarted && self.nginx_needs_restart(&plan).await {
             units.push(plan.nginx_unit.clone());
         }
-        self.restart(&units).await?;
+        if !units.is_empty() {
+            self.restart(&units).await?;
+        }
         for target in plan.galaxy_units.iter().filter(|u| u.ends_with(".target")) {
             self.follow_members(target, &plan).await?;
         }
@@ -273,6 +291,21 @@ impl Flight {
             self.watched.push(member.clone());
         }
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Whether the unit is activating, or became active less than the start-up grace ago.
+    async fn still_starting(&self, unit: &str, plan: &Plan) -> bool {
+        match self.recovery.control.unit_state(unit).await {
+            Ok(state) => {
+                state.active_state == "activating"
+                    || (state.is_active()
+                        && state
+                            .active_for()
+                            .is_some_and(|age| age < plan.startup_grace))
+            }
+            // The restart will say what is wrong.
+            Err(_) => false,
+        }
     }
 
     async fn nginx_needs_restart(&self, plan: &Plan) -> bool {

@@ -118,6 +118,9 @@ pub struct UnitState {
     /// How often systemd restarted the service on its own (`Restart=`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_restarts: Option<u32>,
+    /// When the unit last changed state, in microseconds since the epoch; 0 if never.
+    #[serde(skip)]
+    pub changed_us: u64,
 }
 
 impl UnitState {
@@ -131,6 +134,15 @@ impl UnitState {
 
     pub fn exists(&self) -> bool {
         self.load_state != "not-found"
+    }
+
+    /// How long the unit has been in its state, if systemd said when it entered it.
+    pub fn active_for(&self) -> Option<Duration> {
+        if self.changed_us == 0 {
+            return None;
+        }
+        let entered = std::time::UNIX_EPOCH + Duration::from_micros(self.changed_us);
+        std::time::SystemTime::now().duration_since(entered).ok()
     }
 }
 
@@ -555,5 +567,6 @@ async fn read_state(link: &Link, unit: &str) -> Result<UnitState, SystemdError> 
         }),
         main_pid,
         n_restarts,
+        changed_us: changed,
     })
 }

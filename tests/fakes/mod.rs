@@ -271,9 +271,7 @@ fn unit_state(load: &str, active: &str, sub: &str, result: Option<&str>) -> Unit
         sub_state: sub.to_owned(),
         result: result.map(str::to_owned),
         invocation_id: "0123456789abcdef0123456789abcdef".to_owned(),
-        since: None,
-        main_pid: None,
-        n_restarts: None,
+        ..UnitState::default()
     }
 }
 

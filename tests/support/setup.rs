@@ -42,7 +42,8 @@ pub(super) fn free_ports() -> [u16; 3] {
 
 /// galaxyctl-api's config: the defaults `up` also writes, with the test's TOML merged in.
 /// galaxyctl-api probes only the Galaxy URLs it is given, and starts only with an auth mode
-/// it can use.
+/// it can use. No start-up grace: every sandbox's Galaxy has only just started, and a test
+/// that looks at the grace sets it.
 pub(super) fn config_toml(api_port: u16, nginx_port: u16, extra: &[String]) -> String {
     let default = format!(
         "listen = \"127.0.0.1:{api_port}\"\n\
@@ -53,7 +54,9 @@ pub(super) fn config_toml(api_port: u16, nginx_port: u16, extra: &[String]) -> S
          [nginx]\n\
          unit = \"nginx.service\"\n\
          [auth]\n\
-         mode = \"none\"\n"
+         mode = \"none\"\n\
+         [recovery]\n\
+         startup_grace = \"0s\"\n"
     );
     let mut config: toml::Table = default.parse().expect("the default config is valid TOML");
     for toml in extra {
