@@ -516,6 +516,9 @@ async fn startup(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Value), ApiError> {
+    // The answer budget counts from the request's arrival, so that body, probe and wait
+    // together stay within it.
+    let arrived = Instant::now();
     let url = parse_startup(headers, body, &app.settings.galaxy_urls).await?;
 
     let probe = app.prober.probe_shared(&url).await;
@@ -555,13 +558,22 @@ async fn startup(
     if ticket != Ticket::Started {
         tracing::info!(ticket = ?ticket, "waiting on the recovery under way");
     }
-    let budget = app.settings.recovery.answer_budget;
-    let waited = tokio::time::timeout(
-        budget,
-        progress.wait_for(|p| matches!(p, Progress::Finished(_))),
-    )
-    .await;
-    let recovery_vanished = matches!(waited, Ok(Err(_)));
+    let budget = app
+        .settings
+        .recovery
+        .answer_budget
+        .saturating_sub(arrived.elapsed());
+    let mut stopping = app.recovery.stopping();
+    // On shutdown the caller gets what is known now rather than a closed connection: the
+    // restart itself is in systemd's hands and goes on.
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(
+            budget,
+            progress.wait_for(|p| matches!(p, Progress::Finished(_))),
+        ) => Some(waited),
+        _ = stopping.wait_for(|stopping| *stopping) => None,
+    };
+    let recovery_vanished = matches!(waited, Some(Ok(Err(_))));
     drop(waited);
 
     let current = progress.borrow().clone();

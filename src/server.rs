@@ -128,6 +128,7 @@ pub async fn serve(settings: Settings, path: PathBuf) -> anyhow::Result<()> {
         }
     }
     notify::stopping();
+    state.recovery.stop();
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }

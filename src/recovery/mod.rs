@@ -188,6 +188,8 @@ pub struct Recovery {
     flights: Mutex<Flights>,
     operations: Operations,
     metrics: Metrics,
+    /// Set when the service shuts down, so that requests waiting on a recovery answer.
+    stopping: watch::Sender<bool>,
 }
 
 impl Recovery {
@@ -204,6 +206,7 @@ impl Recovery {
             flights: Mutex::new(Flights::default()),
             operations: Operations::default(),
             metrics: Metrics::new(),
+            stopping: watch::Sender::new(false),
         }
     }
 
@@ -250,6 +253,16 @@ impl Recovery {
         let flight = Flight::new(self.clone(), plan, operation, url.clone(), tx);
         tokio::spawn(flight.run(trigger).instrument(span));
         Ok((Ticket::Started, rx))
+    }
+
+    /// Tells the requests waiting on a recovery to answer now: the service is stopping.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Becomes true when the service stops.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// The service's counters.
