@@ -164,6 +164,7 @@ async fn status(settings: Settings) -> anyhow::Result<bool> {
     );
     for unit in &units {
         match systemd.unit_state(unit).await {
+            Ok(state) if !state.exists() => println!("{unit:<32} not-found"),
             Ok(state) => println!(
                 "{:<32} {:<12} {:<14} {:<16} {:<8} {:<8} {}",
                 unit,
