@@ -1,5 +1,5 @@
 //! The OpenAPI description in api/openapi.json and the router agree: every documented route
-//! answers, every route in src/http.rs is documented, and every other method is a 405.
+//! answers, every route in src/http/mod.rs is documented, and every other method is a 405.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -96,10 +96,10 @@ fn documented() -> Vec<(Method, String)> {
     routes
 }
 
-/// (METHOD, path) of every `.route("...", method(...))` in src/http.rs, as written there.
+/// (METHOD, path) of every `.route("...", method(...))` in src/http/mod.rs, as written there.
 fn in_source() -> Vec<(Method, String)> {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http.rs"))
-        .expect("src/http.rs is readable");
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs"))
+        .expect("src/http/mod.rs is readable");
     let mut routes = Vec::new();
     for piece in source.split(".route(\"").skip(1) {
         let (path, rest) = piece
@@ -159,7 +159,10 @@ async fn every_documented_route_answers() {
 async fn every_route_is_documented() {
     let documented = documented();
     let routes = in_source();
-    assert!(routes.len() >= 6, "routes found in src/http.rs: {routes:?}");
+    assert!(
+        routes.len() >= 6,
+        "routes found in src/http/mod.rs: {routes:?}"
+    );
     for (method, path) in routes {
         let full = format!("{PREFIX}{path}");
         assert!(
