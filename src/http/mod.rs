@@ -1,5 +1,5 @@
-//! The HTTP API: routes, request parsing, and the one place where answers and statuses are
-//! chosen.
+//! The HTTP API: routes, request parsing and the handlers; [`error`] holds every error answer
+//! and is the one place statuses are chosen.
 //!
 //! Every answer under the API prefix is JSON and carries the `galaxy` key the Laniakea
 //! Dashboard reads, errors included: the dashboard reads `response.json()["galaxy"]` without
