@@ -1,4 +1,4 @@
-//! The HTTP API: routes, request parsing and the handlers; [`error`] holds every error answer
+//! The HTTP API: routes, request parsing and the handlers; `error.rs` holds every error answer
 //! and is the one place statuses are chosen.
 //!
 //! Every answer under the API prefix is JSON and carries the `galaxy` key the Laniakea
