@@ -33,6 +33,10 @@ const MAX_HEADERS: usize = 64;
 /// The most bytes of request line and headers buffered for one request.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// The address a request's connection came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
 /// Where the listening socket came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -137,7 +141,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let router = app.borrow().clone();
+        // Each request learns the address it came from, for the log of refused callers.
+        let router = app.borrow().clone().layer(axum::Extension(Peer(peer)));
         let service = TowerToHyperService::new(router.into_service::<Incoming>());
         let http = http.clone();
         let watcher = graceful.watcher();

@@ -27,6 +27,7 @@ use url::Url;
 use crate::auth::{bearer_token, Authenticator, Identity};
 use crate::config::Settings;
 use crate::endpoint::{self, EndpointError};
+use crate::listener::Peer;
 use crate::logging::message_id;
 use crate::notify::StatusLine;
 use crate::probe::{Prober, Verdict};
@@ -118,9 +119,18 @@ async fn require_caller(State(app): State<AppState>, mut request: Request, next:
                 .extensions()
                 .get::<RequestId>()
                 .map_or_else(new_id, |id| id.0.clone());
-            tracing::warn!(message_id = message_id::REQUEST_REFUSED, request_id = %id,
-                path = request.uri().path(), error = error.code(), reason = %error,
-                "request refused");
+            let peer = request
+                .extensions()
+                .get::<Peer>()
+                .map_or_else(String::new, |peer| peer.0.to_string());
+            // The router nested under the prefix sees the path without it.
+            let path = request
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map_or_else(|| request.uri().path(), |uri| uri.0.path())
+                .to_owned();
+            tracing::warn!(message_id = message_id::REQUEST_REFUSED, request_id = %id, peer,
+                path, error = error.code(), reason = %error, "request refused");
             ApiError::Auth(error).respond(&[("request_id", Value::String(id))])
         }
     }
@@ -221,10 +231,12 @@ async fn restart(
     State(app): State<AppState>,
     id: Option<axum::Extension<RequestId>>,
     caller: Option<axum::Extension<Identity>>,
+    peer: Option<axum::Extension<Peer>>,
 ) -> Response {
     let request_id = request_id(id);
     let subject = caller.map(|c| c.0.subject).unwrap_or_default();
-    let span = tracing::info_span!("request", request_id = %request_id, caller = %subject);
+    let peer = peer.map_or_else(String::new, |peer| peer.0 .0.to_string());
+    let span = tracing::info_span!("request", request_id = %request_id, caller = %subject, peer);
     let _entered = span.enter();
 
     let url = app.settings.galaxy_urls[0].clone();
@@ -292,12 +304,14 @@ async fn galaxy_startup(
     State(app): State<AppState>,
     id: Option<axum::Extension<RequestId>>,
     caller: Option<axum::Extension<Identity>>,
+    peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let request_id = request_id(id);
     let subject = caller.map(|c| c.0.subject).unwrap_or_default();
-    let span = tracing::info_span!("request", request_id = %request_id, caller = %subject);
+    let peer = peer.map_or_else(String::new, |peer| peer.0 .0.to_string());
+    let span = tracing::info_span!("request", request_id = %request_id, caller = %subject, peer);
     let id = ("request_id", Value::String(request_id.clone()));
     match startup(&app, &headers, body).instrument(span).await {
         Ok((status, mut body)) => {
