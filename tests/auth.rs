@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -25,7 +25,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use fakes::{Answer, FakeSystemd, Galaxy, PATIENCE};
+use fakes::{send, send_any, Answer, FakeSystemd, Galaxy, Reply, PATIENCE};
 use galaxyctl_api::auth::Authenticator;
 use galaxyctl_api::config::{ConfigError, Settings};
 
@@ -326,14 +326,6 @@ impl TestApp {
     }
 }
 
-/// An answer: its status, headers, JSON body and the body's text.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-    text: String,
-}
-
 impl Reply {
     fn code(&self) -> &str {
         self.body["error"]["code"]
@@ -346,37 +338,6 @@ impl Reply {
             .get(header::WWW_AUTHENTICATE)
             .map(|v| v.to_str().unwrap())
             .unwrap_or("")
-    }
-}
-
-/// Sends `request`; every answer must be JSON with the `galaxy` key the dashboard reads.
-async fn send(router: &Router, request: Request<Body>) -> Reply {
-    let reply = send_any(router, request).await;
-    assert!(
-        reply.body["galaxy"].is_string(),
-        "{} answer without `galaxy`: {}",
-        reply.status,
-        reply.text
-    );
-    reply
-}
-
-/// Sends `request`; the answer must be JSON.
-async fn send_any(router: &Router, request: Request<Body>) -> Reply {
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("read the answer");
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let body: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("{status} answer is not JSON ({e}): {text}"));
-    Reply {
-        status,
-        headers,
-        body,
-        text,
     }
 }
 

@@ -12,12 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use serde_json::json;
 
-use fakes::{failed, Answer, FakeSystemd, Galaxy, Job, UnitScript};
+use fakes::{failed, send, Answer, FakeSystemd, Galaxy, Job, Reply, UnitScript};
 use galaxyctl_api::config::Settings;
 
 const STARTUP: &str = "/galaxyctl_api/v1.0/galaxy-startup";
@@ -99,12 +98,6 @@ mode = "none"
     }
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
 impl Reply {
     fn code(&self) -> &str {
         self.body["error"]["code"]
@@ -134,30 +127,6 @@ impl Reply {
         assert_eq!(header, field, "Retry-After and retry_after_s differ");
         assert!((1..=max_s).contains(&field), "retry_after_s {field}");
         field
-    }
-}
-
-async fn send(router: &Router, request: Request<Body>) -> Reply {
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("read the answer");
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "{status} answer is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    assert!(
-        body["galaxy"].is_string(),
-        "{status} answer without `galaxy`: {body}"
-    );
-    Reply {
-        status,
-        headers,
-        body,
     }
 }
 

@@ -489,6 +489,46 @@ failure_cooldown = "{failure_cooldown}"
     }
 }
 
+/// An answer of the router: its status, headers, JSON body and the body's text.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: serde_json::Value,
+    pub text: String,
+}
+
+/// Sends `request` through `router`; the answer must be JSON.
+pub async fn send_any(router: &Router, request: axum::http::Request<axum::body::Body>) -> Reply {
+    use tower::ServiceExt;
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{status} answer is not JSON ({e}): {text}"));
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// Sends `request`; the answer must be JSON with the `galaxy` key the dashboard reads.
+pub async fn send(router: &Router, request: axum::http::Request<axum::body::Body>) -> Reply {
+    let reply = send_any(router, request).await;
+    assert!(
+        reply.body["galaxy"].is_string(),
+        "{} answer without `galaxy`: {}",
+        reply.status,
+        reply.text
+    );
+    reply
+}
+
 /// The whole API on the fake, as the service would build it from `settings`.
 pub fn router(settings: Settings, systemd: &Arc<FakeSystemd>) -> axum::Router {
     let (recovery, prober) = recovery(&settings, systemd);
