@@ -186,7 +186,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 /// last recovery.
 async fn status(State(app): State<AppState>) -> Response {
     let control = app.recovery.units().clone();
-    let names = app.recovery.managed_units();
+    let names = crate::server::managed_units(&app.settings);
     let states = join_all(names.iter().map(|unit| control.unit_state(unit))).await;
     let units: Vec<Value> = names
         .iter()

@@ -296,14 +296,6 @@ impl Recovery {
         &self.control
     }
 
-    /// Every unit a recovery may restart: the Galaxy units, then nginx.
-    pub fn managed_units(&self) -> Vec<String> {
-        let plan = self.plan();
-        let mut units = plan.galaxy_units.clone();
-        units.push(plan.nginx_unit.clone());
-        units
-    }
-
     /// The recovery under way, if any: its id and the units restarted so far.
     pub fn running(&self) -> Option<(String, Vec<String>)> {
         let flights = self
